@@ -1,0 +1,5 @@
+"""The one exception type users see: the CLI prints it as a single line."""
+
+
+class VggtoolError(Exception):
+    """Bad input or an unusable file; the message is meant for the user."""

@@ -1,0 +1,234 @@
+"""Training: the report's recipe by default, resumable, selected on validation.
+
+Every epoch writes `last.safetensors` (model, optimizer, RNG state, config)
+atomically; the best epoch on the validation split is kept as
+`best.safetensors`. Shuffling and augmentation are seeded per epoch, so a run
+interrupted and resumed on CPU ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from vggtool import checkpoint
+from vggtool.config import TrainConfig
+from vggtool.data import Splits, batches
+from vggtool.errors import VggtoolError
+from vggtool.evaluate import EvalResult, evaluate, torch_predict
+from vggtool.files import write_json, write_text
+from vggtool.models import ArchSpec, build_model, check_compatible
+
+LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
+
+
+class Observer(Protocol):
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, done: int, loss: float, acc: float, lr: float, images_per_s: float) -> None: ...
+    def epoch_end(self, record: dict) -> None: ...
+
+
+class Silent:
+    def epoch_start(self, epoch, epochs, steps):
+        pass
+
+    def step(self, done, loss, acc, lr, images_per_s):
+        pass
+
+    def epoch_end(self, record):
+        pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val: EvalResult | None
+    epochs_run: int
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VggtoolError("device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: a pure function, so resuming needs no scheduler state."""
+    epoch = step / steps_per_epoch
+    if cfg.schedule == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        peak = 0.3 * total
+        lo, end = cfg.lr / 25, cfg.lr / 1e4
+        if step < peak:
+            return lo + (cfg.lr - lo) * (1 - math.cos(math.pi * step / peak)) / 2
+        return end + (cfg.lr - end) * (1 + math.cos(math.pi * (step - peak) / (total - peak))) / 2
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+
+
+def _epoch_generators(cfg: TrainConfig, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+    base = cfg.seed * 1_000_003 + epoch * 2
+    return torch.Generator().manual_seed(base), torch.Generator().manual_seed(base + 1)
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, epoch: int, best: dict) -> None:
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, s in opt["state"].items():
+        for name, t in s.items():
+            if isinstance(t, torch.Tensor):
+                state[f"optim.{i}.{name}"] = t
+    state["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["rng.cuda"] = torch.cuda.get_rng_state()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+    meta = {"kind": "training-state", "epoch": epoch, "config": cfg.to_dict(), "spec": cfg.spec.to_dict(),
+            "best": best, "param_groups": groups}
+    checkpoint.save(run_dir / LAST, state, meta)
+
+
+def _load_last(run_dir: Path, model, optimizer) -> tuple[int, dict]:
+    state, meta = checkpoint.read(run_dir / LAST)
+    if meta.get("kind") != "training-state":
+        raise VggtoolError(f"{run_dir / LAST} is not a vggtool training checkpoint")
+    weights = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    check_compatible(model, weights, f"checkpoint {run_dir / LAST}")
+    model.load_state_dict(weights)
+    opt_state: dict = {}
+    for k, v in state.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            opt_state.setdefault(int(i), {})[name] = v
+    groups = [{**g, "params": list(range(len(list(model.parameters()))))} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    torch.set_rng_state(state["rng.torch"])
+    if "rng.cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng.cuda"])
+    return meta["epoch"], meta["best"]
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    _, meta = checkpoint.read(Path(run_dir) / LAST)
+    return TrainConfig.from_dict(meta["config"])
+
+
+def train(
+    cfg: TrainConfig,
+    splits: Splits,
+    run_dir: Path,
+    resume: bool = False,
+    observer: Observer | None = None,
+) -> TrainResult:
+    observer = observer or Silent()
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.device)
+    if len(splits.train) < cfg.batch_size:
+        raise VggtoolError(f"batch size {cfg.batch_size} exceeds the {len(splits.train)} training images")
+    spec = ArchSpec(cfg.arch, len(splits.classes), cfg.width, cfg.dropout)
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = _optimizer(model, cfg)
+    start_epoch, best = 0, {"epoch": -1, "top1_err": None, "top5_err": None}
+    if resume:
+        if not (run_dir / LAST).exists():
+            raise VggtoolError(f"nothing to resume: {run_dir / LAST} does not exist")
+        start_epoch, best = _load_last(run_dir, model, optimizer)
+        start_epoch += 1
+        _truncate_metrics(run_dir / METRICS, start_epoch)
+    elif (run_dir / LAST).exists():
+        raise VggtoolError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, {"config": cfg.to_dict(), "spec": spec.to_dict(), "device": str(device),
+                                  "synthetic_data": splits.synthetic})
+    train_split = type(splits.train)(splits.train.images.to(device), splits.train.labels.to(device))
+    scaler = _grad_scaler(device.type == "cuda")
+    best_val = None
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(model, optimizer, train_split, cfg, epoch, scaler, observer)
+        val = None
+        if len(splits.val):
+            val = evaluate(torch_predict(model, device), batches(splits.val, cfg.eval_batch_size, device=device))
+        record = {"epoch": epoch, **stats, "val_top1_err": val.top1_err if val else None,
+                  "val_top5_err": val.top5_err if val else None}
+        if val is None or best["top1_err"] is None or val.top1_err < best["top1_err"]:
+            best = {"epoch": epoch, "top1_err": val.top1_err if val else None, "top5_err": val.top5_err if val else None}
+            best_val = val
+            checkpoint.save(run_dir / BEST, model.state_dict(),
+                            {"kind": "model", "spec": spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch,
+                             "val": best})
+        _save_last(run_dir, model, optimizer, cfg, epoch, best)
+        with open(run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        observer.epoch_end(record)
+    return TrainResult(run_dir, best["epoch"], best_val, cfg.epochs - start_epoch)
+
+
+def _grad_scaler(enabled: bool):
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Drop log lines of epochs whose checkpoint was never written (a kill in between)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epochs]
+        write_text(path, "".join(line + "\n" for line in keep))
+
+
+def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scaler=None,
+                    observer: Observer | None = None) -> dict:
+    """One pass over `split` with the schedule of `cfg`; returns the epoch's statistics."""
+    observer = observer or Silent()
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    scaler = scaler or _grad_scaler(on_cuda)
+    steps = len(split) // cfg.batch_size
+    observer.epoch_start(epoch, cfg.epochs, steps)
+    model.train()
+    order_gen, aug_gen = _epoch_generators(cfg, epoch)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    lr = cfg.lr
+    for i, (x, y) in enumerate(batches(split, cfg.batch_size, device=device, shuffle=True, generator=order_gen,
+                                        drop_last=True, augment_with=aug_gen if cfg.augment else None,
+                                        channels_last=cfg.channels_last, rotation=cfg.rotation)):
+        lr = learning_rate(cfg, epoch * steps + i, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cuda", dtype=torch.float16) if on_cuda else contextlib.nullcontext():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if i % 10 == 0 or i == steps - 1:
+            observer.step(i + 1, float(loss_sum) / seen, float(correct) / seen, lr, seen / (time.perf_counter() - t0))
+    seconds = time.perf_counter() - t0
+    return {"lr": lr, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
+            "images_per_s": seen / seconds, "seconds": seconds}
