@@ -1,0 +1,100 @@
+"""Eager-mode post-training quantization through torch.ao.quantization.
+
+Everything that touches torch.ao sits in this module, behind two functions
+(`dynamic` and `static`), so the backend can be swapped when PyTorch removes
+torch.ao.quantization. Its deprecation warnings are silenced here only.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from vggtool.errors import VggtoolError
+
+ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+
+
+@contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*must run observer before calling calculate_qparams.*")
+        warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
+        yield
+
+
+def use_engine(engine: str) -> None:
+    """Select the quantized kernel library; refuse one this build or CPU lacks."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if engine not in supported:
+        raise VggtoolError(f"quantized engine {engine!r} is not available here: choose one of {', '.join(supported)}")
+    torch.backends.quantized.engine = engine
+
+
+def dynamic(model: nn.Module, dtype: str, engine: str = "fbgemm") -> nn.Module:
+    """Dynamic quantization of the Linear layers, as the report did."""
+    from torch.ao.quantization import quantize_dynamic
+
+    use_engine(engine)
+    qdtype = {"int8": torch.qint8, "float16": torch.float16}[dtype]
+    with _quiet():
+        return quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear}, dtype=qdtype)
+
+
+def _fuse(features: nn.Sequential, with_relu: bool) -> None:
+    from torch.ao.quantization import fuse_modules
+
+    groups = []
+    for i, layer in enumerate(features):
+        if isinstance(layer, nn.Conv2d) and isinstance(features[i + 1], nn.BatchNorm2d):
+            groups.append([str(i), str(i + 1)] + ([str(i + 2)] if with_relu else []))
+    fuse_modules(features, groups, inplace=True)
+
+
+def static(
+    model: nn.Module,
+    *,
+    fuse: bool,
+    fuse_relu: bool,
+    engine: str,
+    per_channel: bool,
+    calibrate: Callable[[nn.Module], None] | None,
+) -> nn.Module:
+    """Static int8: Sequential(QuantStub, model, DeQuantStub), observers, calibration, convert.
+
+    With `calibrate=None` the observers see no data: that builds the module
+    skeleton into which a saved quantized state_dict is loaded.
+    """
+    from torch.ao import quantization as q
+
+    use_engine(engine)
+    with _quiet():
+        m = copy.deepcopy(model).eval().cpu()
+        if fuse:
+            _fuse(m.features, fuse_relu)
+        wrapped = nn.Sequential(q.QuantStub(), m, q.DeQuantStub()).eval()
+        base = q.get_default_qconfig(engine)
+        weight = q.default_per_channel_weight_observer if per_channel else q.default_weight_observer
+        wrapped.qconfig = q.QConfig(activation=base.activation, weight=weight)
+        q.prepare(wrapped, inplace=True)
+        if calibrate is not None:
+            with torch.inference_mode():
+                calibrate(wrapped)
+        q.convert(wrapped, inplace=True)
+    return wrapped
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """Names of the modules replaced by quantized kernels that hold weights (for tests and reports)."""
+    return [
+        name
+        for name, mod in model.named_modules()
+        if type(mod).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(mod, "weight", None))
+    ]
