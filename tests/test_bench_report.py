@@ -1,0 +1,135 @@
+"""Benchmark harness with a predictor of known cost; report rendering against golden text."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vggtool import bench, report
+from vggtool.data import Split
+from vggtool.errors import VggtoolError
+
+from .conftest import invoke
+from .test_cli import one_line_error
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def split(n=64):
+    return Split(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.zeros(n, dtype=torch.long))
+
+
+def sleeper(per_call_ms):
+    def predict(x):
+        time.sleep(per_call_ms / 1000)
+        return torch.zeros(len(x), 10)
+
+    return predict
+
+
+def test_batch16_protocol_with_a_predictor_of_known_cost():
+    # 64 images in batches of 16 = 4 calls of 8 ms: 32 ms / 64 images = 0.5 ms per image
+    ms = bench.batch16_ms(sleeper(8), split(64), batch_size=16, warmup=2)
+    assert ms == pytest.approx(0.5, rel=0.25)
+
+
+def test_batch1_times_with_a_predictor_of_known_cost():
+    times = bench.batch1_times(sleeper(5), split(8), warmup=3, calls=20)
+    assert len(times) == 20
+    assert sorted(times)[10] == pytest.approx(5.0, rel=0.3)
+
+
+def test_timing_counts_only_time_inside_predict():
+    ticks = iter(range(0, 1000, 3))  # each predict call spans exactly 3 clock units... of a fake clock
+    clock_values = []
+
+    def clock():
+        value = next(ticks) / 1000
+        clock_values.append(value)
+        return value
+
+    times = bench.batch1_times(lambda x: torch.zeros(1, 2), split(4), warmup=0, calls=5, clock=clock)
+    assert times == pytest.approx([3.0] * 5)
+
+
+def test_cpu_list_parsing():
+    import os
+
+    available = sorted(os.sched_getaffinity(0))
+    assert bench.parse_cpus(f"{available[0]}") == (available[0],)
+    assert bench.parse_cpus(None) == ()
+    with pytest.raises(VggtoolError, match="not available"):
+        bench.parse_cpus("0-4095")
+    with pytest.raises(VggtoolError, match="cannot parse"):
+        bench.parse_cpus("zero")
+
+
+def test_pareto_front():
+    points = [(1.0, 0.5, "a"), (2.0, 0.4, "b"), (3.0, 0.45, "c"), (0.5, 0.9, "d")]
+    assert [p[2] for p in report.pareto(points)] == ["d", "a", "b"]
+
+
+def test_report_markdown_matches_golden():
+    results = json.loads((FIXTURES / "results.json").read_text())
+    assert report.render_markdown(results) == (FIXTURES / "REPORT.golden.md").read_text()
+
+
+def test_console_table_matches_golden():
+    results = json.loads((FIXTURES / "results.json").read_text())
+    assert report.render_console(results, width=140) == (FIXTURES / "console.golden.txt").read_text()
+
+
+def test_report_command_renders_without_measuring(tmp_path, workspace):
+    shutil.copy(FIXTURES / "results.json", tmp_path / "results.json")
+    out = invoke("report", "--results-dir", str(tmp_path), "--copy-to", str(tmp_path / "copy")).output
+    assert "vggtool bench" in out and "REPORT.md" in out
+    assert (tmp_path / "REPORT.md").read_text() == (FIXTURES / "REPORT.golden.md").read_text()
+    for name in ("REPORT.md", "results.json", "error_vs_latency.png", "size.png"):
+        assert (tmp_path / "copy" / name).stat().st_size > 0
+    assert (tmp_path / "size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unparseable_results_are_never_overwritten(tmp_path, trained_run, home):
+    (tmp_path / "results.json").write_text("{not json")
+    one_line_error(invoke("report", "--results-dir", str(tmp_path), ok=False), "cannot be parsed")
+    one_line_error(invoke("bench", "--run-dir", str(trained_run), "--results-dir", str(tmp_path), ok=False),
+                   "cannot be parsed")
+    assert (tmp_path / "results.json").read_text() == "{not json"
+
+
+def test_bench_bad_input(trained_run, home, tmp_path):
+    one_line_error(invoke("bench", "--run-dir", str(trained_run), "--cpus", "4000-4001", ok=False), "not available")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    one_line_error(invoke("bench", "--run-dir", str(empty), ok=False), "no variants to measure")
+
+
+def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_path):
+    trained_run = own_run
+    from vggtool.compress import REGISTRY
+
+    invoke("compress", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
+           "--variant", "onnx-fp32")
+    broken = trained_run / "variants" / "broken"
+    shutil.copytree(trained_run / "variants" / "baseline", broken)
+    (broken / "model.safetensors").write_bytes(b"corrupt")
+    out = invoke("bench", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
+                 "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--threads", "1",
+                 "--results-dir", str(tmp_path)).output
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert rows["broken"]["status"].startswith("failed") and "broken" in out
+    for name in ("baseline", "static-int8-fused", "onnx-fp32"):
+        assert rows[name]["status"] == "ok" and rows[name]["images_accuracy"] == 100
+        assert rows[name]["b16_ms"] > 0 and rows[name]["b1_ms_median"] > 0
+        assert rows[name]["rounds"] == 2
+    assert rows["baseline"]["b16_speedup"] == pytest.approx(1.0)
+    assert results["environment"]["torch_threads"] == 1
+    assert results["environment"]["torch"] == torch.__version__
+    assert "Post-Training Static Fuse" in (tmp_path / "REPORT.md").read_text()
+    csv_lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
+    assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}

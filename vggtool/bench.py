@@ -1,0 +1,269 @@
+"""Benchmark: every variant of a run measured in one process, under one set of
+conditions, with repeats interleaved round robin so drift hits all alike.
+
+Two latency figures per variant: the report's protocol (the test split in
+batches of 16, time inside the model call summed, per image) and batch-1
+latency (warm-up, then many timed calls: median, p90, IQR). Accuracy comes
+from the project's one `evaluate`. Results are flat rows plus the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from vggtool.compress import Variant, load_variant, recipe_from_dict, versions
+from vggtool.data import Split, batches
+from vggtool.errors import VggtoolError
+from vggtool.evaluate import Predict, evaluate
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    threads: int = 0  # 0: leave torch's default
+    cpus: tuple[int, ...] = ()  # (): no pinning
+    batch_size: int = 16
+    rounds: int = 3
+    warmup: int = 10
+    single_calls: int = 50
+    latency_images: int = 0  # 0: the whole test split, as the report
+    engine: str = "fbgemm"
+
+    def __post_init__(self):
+        for name in ("batch_size", "rounds", "single_calls"):
+            if getattr(self, name) <= 0:
+                raise VggtoolError(f"{name.replace('_', '-')} must be positive")
+        if self.threads < 0 or self.warmup < 0 or self.latency_images < 0:
+            raise VggtoolError("threads, warmup and latency images must not be negative")
+
+
+def parse_cpus(text: str | None) -> tuple[int, ...]:
+    """'0-1,4' -> (0, 1, 4); refuses CPUs this machine does not offer."""
+    if not text:
+        return ()
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise VggtoolError(f"cannot parse CPU list {text!r}: use a form like 0-1 or 0,2") from None
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    missing = sorted(cpus - set(available))
+    if missing:
+        raise VggtoolError(f"CPU(s) {missing} are not available here (available: {sorted(available)})")
+    return tuple(sorted(cpus))
+
+
+def apply_settings(settings: BenchSettings) -> None:
+    """Pin the process and size torch's thread pool; ONNX Runtime gets `threads` per session."""
+    if settings.cpus:
+        try:
+            os.sched_setaffinity(0, settings.cpus)
+        except (AttributeError, OSError) as e:
+            raise VggtoolError(f"cannot pin to CPUs {list(settings.cpus)}: {e}") from None
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    from vggtool.quant_ao import use_engine
+
+    use_engine(settings.engine)
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+    return {"cpu_model": model, "cpu_flags": " ".join(f for f in wanted if f in flags), "logical_cpus": os.cpu_count()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(settings: BenchSettings) -> dict:
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {
+        **cpu_info(),
+        "torch_threads": torch.get_num_threads(),
+        "affinity": ",".join(map(str, affinity)),
+        "quantized_engine": torch.backends.quantized.engine,
+        **versions(),
+        "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+    }
+
+
+def batch16_ms(predict: Predict, split: Split, batch_size: int, warmup: int,
+               clock: Callable[[], float] = time.perf_counter) -> float:
+    """The report's runtime: warm-up calls at batch 1, then time inside predict over the split, per image."""
+    single = split.images[:1]
+    x1 = next(batches(Split(single, split.labels[:1]), 1))[0]
+    for _ in range(warmup):
+        predict(x1)
+    return evaluate(predict, batches(split, batch_size), clock=clock).ms_per_image
+
+
+def batch1_times(predict: Predict, split: Split, warmup: int, calls: int,
+                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Milliseconds of each of `calls` single-image predictions, after `warmup` untimed ones."""
+    xs = [x for x, _ in batches(split.subset(torch.arange(min(len(split), 64))), 1)]
+    for i in range(warmup):
+        predict(xs[i % len(xs)])
+    times = []
+    for i in range(calls):
+        x = xs[i % len(xs)]
+        start = clock()
+        predict(x)
+        times.append((clock() - start) * 1000)
+    return times
+
+
+def _quantile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def labels(meta: dict) -> tuple[str, str]:
+    """The report's Method and Type columns for a variant's recipe (and its parents)."""
+    method, kind = recipe_from_dict(meta["recipe"]).label
+    parents = [step["name"] for step in meta.get("chain", [])[1:]]
+    return (" + ".join(parents + [method]) if parents else method), kind
+
+
+@dataclass
+class _Entry:
+    name: str
+    variant: Variant | None
+    error: str | None = None
+
+
+def bench(
+    variant_dirs: dict[str, Path],
+    test: Split,
+    settings: BenchSettings,
+    on_progress: Callable[[str], None] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    baseline: str = "baseline",
+) -> dict:
+    """Measure every variant; returns {"environment", "settings", "rows"}."""
+    if not variant_dirs:
+        raise VggtoolError("no variants to measure: build them with `vggtool compress`")
+    apply_settings(settings)
+    say = on_progress or (lambda message: None)
+    entries = []
+    for name, folder in variant_dirs.items():
+        try:
+            entries.append(_Entry(name, load_variant(folder, settings.threads)))
+        except VggtoolError as e:
+            entries.append(_Entry(name, None, str(e)))
+        except Exception as e:  # a corrupt artifact must not stop the others
+            entries.append(_Entry(name, None, f"{type(e).__name__}: {e}"))
+    latency_split = test if not settings.latency_images else test.subset(torch.arange(min(len(test),
+                                                                                              settings.latency_images)))
+    rows: dict[str, dict] = {}
+    for e in entries:
+        rows[e.name] = _base_row(e)
+        if e.variant is None:
+            continue
+        say(f"accuracy: {e.name}")
+        try:
+            acc = evaluate(e.variant.predict, batches(test, settings.batch_size))
+            rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
+        except Exception as exc:
+            e.error, e.variant = f"{type(exc).__name__}: {exc}", None
+            rows[e.name].update(status=f"failed: {e.error}")
+    live = [e for e in entries if e.variant is not None]
+    b16: dict[str, list[float]] = {e.name: [] for e in live}
+    b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
+    for r in range(settings.rounds):
+        for e in live:
+            say(f"round {r + 1}/{settings.rounds}: {e.name}")
+            b16[e.name].append(batch16_ms(e.variant.predict, latency_split, settings.batch_size, settings.warmup))
+            b1[e.name].append(batch1_times(e.variant.predict, latency_split, settings.warmup, settings.single_calls))
+    for e in live:
+        pooled = [t for round_times in b1[e.name] for t in round_times]
+        medians = [statistics.median(t) for t in b1[e.name]]
+        rows[e.name].update(
+            b16_ms=statistics.median(b16[e.name]), b16_ms_min=min(b16[e.name]), b16_ms_max=max(b16[e.name]),
+            b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
+            b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
+            images_latency=len(latency_split), rounds=settings.rounds,
+        )
+        if baseline in b16:
+            rows[e.name]["b16_speedup"] = statistics.median(
+                a / b for a, b in zip(b16[baseline], b16[e.name]))
+            rows[e.name]["b1_speedup"] = statistics.median(
+                a / b for a, b in zip([statistics.median(t) for t in b1[baseline]], medians))
+        if on_row:
+            on_row(rows[e.name])
+    for e in entries:
+        if e.variant is None and on_row:
+            on_row(rows[e.name])
+    return {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
+            "rows": list(rows.values())}
+
+
+ROW_FIELDS = [
+    "variant", "method", "type", "status", "top1_err", "top5_err", "b16_ms", "b16_ms_min", "b16_ms_max",
+    "b16_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
+    "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
+]
+
+
+def _base_row(e: _Entry) -> dict:
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(variant=e.name, status="ok" if e.variant else f"failed: {e.error}")
+    if e.variant is not None:
+        meta = e.variant.meta
+        f = meta.get("figures", {})
+        method, kind = labels(meta)
+        row.update(method=method, type=kind, size_mb=f.get("size_mb"), file_mb=f.get("file_bytes", 0) / 1e6,
+                   compressed_mb=f.get("compressed_bytes", 0) / 1e6, params=f.get("float_params"),
+                   nonzero_params=f.get("nonzero_float_params"), sparsity_conv=f.get("sparsity_conv"),
+                   sparsity_all=f.get("sparsity_conv_linear"))
+    return row
+
+
+def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, results_dir: Path | None = None,
+              on_progress: Callable[[str], None] | None = None, on_row: Callable[[dict], None] | None = None):
+    """Measure a run's variants (all by default) and write results and the report beside them."""
+    from vggtool.data import load_split
+    from vggtool.report import check_writable, render_all, save_results
+
+    results_dir = Path(results_dir) if results_dir else run.path / "results"
+    check_writable(results_dir)
+    names = list(names) or run.variant_names()
+    if not names:
+        raise VggtoolError(f"no variants to measure in {run.variants_dir}: build them with `vggtool compress`")
+    test = Split(*load_split(data_dir, "test"))
+    results = bench({n: run.variants_dir / n for n in names}, test, settings, on_progress, on_row)
+    save_results(results, results_dir)
+    render_all(results, results_dir)
+    return results, results_dir
