@@ -1,0 +1,393 @@
+"""The `vggtool` command: a thin shell over the library, one subcommand per phase."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from vggtool import __version__
+from vggtool.errors import VggtoolError
+from vggtool.paths import DATA_ENV, default_data_dir
+
+console = Console(stderr=False)
+
+
+class Group(click.Group):
+    """Turns library errors into one line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VggtoolError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was left; `--resume` continues a training run", err=True)
+            ctx.exit(130)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+def data_dir_option(f):
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=DATA_ENV,
+        default=None,
+        help=f"Folder holding cifar-100-python/ [env {DATA_ENV}; default ./data].",
+    )(f)
+
+
+def run_dir_option(f):
+    return click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Run directory [default: the run `vggtool train` last used].",
+    )(f)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vggtool")
+def main():
+    """Reproduce and extend a VGG19-BN / CIFAR-100 compression study.
+
+    The phases, in order: data, train, evaluate, compress (or quantize, prune,
+    export one by one), bench, report. Each works on the current run by
+    default, so `vggtool data --synthetic && vggtool train --profile quick &&
+    vggtool evaluate` runs end to end offline.
+    """
+    warnings.showwarning = _one_line_warning
+
+
+@main.command()
+@data_dir_option
+@click.option("--synthetic", is_flag=True, help="Write a small learnable stand-in in the official format (offline).")
+@click.option("--train-per-class", default=100, show_default=True, help="Synthetic: training images per class.")
+@click.option("--test-per-class", default=20, show_default=True, help="Synthetic: test images per class.")
+@click.option("--classes", default=100, show_default=True, help="Synthetic: number of classes.")
+@click.option("--no-download", is_flag=True, help="Only check an existing folder; never go online.")
+def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_download):
+    """Get CIFAR-100 (official archive, md5-verified) or check an extracted copy.
+
+    An extracted cifar-100-python/ whose checksums differ from the official
+    archive is accepted with a warning. Examples:
+
+    \b
+      vggtool data                               # download into ./data
+      vggtool data --data-dir ../shared/data     # use an extracted copy
+      vggtool data --synthetic                   # offline stand-in
+    """
+    from vggtool import data as d
+
+    data_dir = data_dir or default_data_dir()
+    if synthetic:
+        folder = d.write_synthetic(data_dir, train_per_class, test_per_class, classes)
+        console.print(f"synthetic data set written to {folder} "
+                      f"({classes} classes, {train_per_class}+{test_per_class} images per class)")
+        return
+    report = d.fetch(data_dir, download=not no_download)
+    state = "verified against the official md5 sums" if report.verified else (
+        "checksums differ from the official archive (accepted)")
+    kind = "synthetic stand-in" if report.synthetic else "CIFAR-100"
+    console.print(f"{kind} ready in {report.path}: {state}")
+
+
+@main.command()
+@data_dir_option
+@run_dir_option
+@click.option("--profile", default="full", show_default=True, help="full = the report's recipe; quick = minutes on a CPU.")
+@click.option("--arch", default=None, help="vgg11_bn, vgg13_bn, vgg16_bn or vgg19_bn.")
+@click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = the report's).")
+@click.option("--dropout", type=float, default=None, help="Classifier dropout (the report's: 0.5).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--schedule", default=None, help="multistep (the report's) or onecycle.")
+@click.option("--val-size", type=int, default=None, help="Training images held out for model selection.")
+@click.option("--train-subset", type=int, default=None, help="Use only this many training images (0 = all).")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--no-augment", "augment", flag_value=False, default=None, help="Turn augmentation off.")
+@click.option("--rotation", type=float, default=None, help="Augmentation rotation range in degrees (report: 15).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
+def train(data_dir, run_dir, profile, resume, **overrides):
+    """Train a VGG-BN on CIFAR-100; keep the best epoch on the validation split.
+
+    Defaults are the report's: vgg19_bn, 100 epochs, batch 128, SGD 0.9,
+    wd 5e-4, lr 0.1 with a warm-up epoch, divided by 5 at epochs 30/60/90.
+    Writes config.json, metrics.jsonl, last.safetensors and best.safetensors
+    to the run directory (default runs/<profile>).
+    """
+    from vggtool import config as c
+    from vggtool.console import TrainDisplay
+    from vggtool.data import load_splits
+    from vggtool.paths import mark_latest, runs_dir
+    from vggtool.train import saved_config
+    from vggtool.train import train as run_training
+
+    data_dir = data_dir or default_data_dir()
+    run_dir = run_dir or runs_dir() / profile
+    if resume:
+        cfg = c.replace(saved_config(run_dir), **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        cfg = c.resolve(profile, data_dir=str(data_dir), **overrides)
+    splits = load_splits(data_dir, cfg.val_size, cfg.seed, cfg.train_subset)
+    console.print(f"training {cfg.arch} (width {cfg.width}) for {cfg.epochs} epochs on "
+                  f"{len(splits.train)} images{' (synthetic)' if splits.synthetic else ''} -> {run_dir}")
+    with TrainDisplay(console) as display:
+        result = run_training(cfg, splits, run_dir, resume=resume, observer=display)
+    mark_latest(run_dir)
+    if result.best_val is not None:
+        console.print(f"best epoch {result.best_epoch + 1}: validation top-1 error {result.best_val.top1_err:.4f}")
+    console.print(f"baseline: {run_dir / 'best.safetensors'}")
+
+
+@main.command()
+@data_dir_option
+@run_dir_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A model file instead of the run's baseline (.safetensors, or .pth with --trust-pickle).")
+@click.option("--variant", default=None, help="A compressed variant of the run (see `vggtool compress --list`).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--trust-pickle", is_flag=True,
+              help="Read a .pth on torch < 2.10, whose unpickler can run code even with weights_only=True.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pickle, as_json):
+    """Top-1 and top-5 error of the baseline, a variant or any checkpoint."""
+    from vggtool.console import table
+    from vggtool.evaluate import evaluate as run_eval
+    from vggtool.runs import evaluation_target
+
+    if batch_size <= 0:
+        raise VggtoolError("batch-size must be positive")
+    target = evaluation_target(run_dir, checkpoint, variant, trust_pickle)
+    data_dir = data_dir or default_data_dir()
+    result = run_eval(target.predict, target.batches(data_dir, split, batch_size))
+    row = {"model": target.name, "split": split, **result.to_dict()}
+    if as_json:
+        click.echo(json.dumps(row))
+        return
+    console.print(table(f"evaluation on {split}", ["model", "images", "top-1 err", "top-5 err"],
+                        [[target.name, result.images, f"{result.top1_err:.4f}", f"{result.top5_err:.4f}"]],
+                        [False, True, True, True]))
+
+
+def variant_options(f):
+    f = click.option("--force", is_flag=True, help="Replace a variant folder that already exists.")(f)
+    f = click.option("--name", default=None, help="Variant folder name [default: derived from the recipe].")(f)
+    f = click.option("--from-variant", default=None,
+                     help="Start from a float variant of the run (e.g. a pruned one) instead of the baseline.")(f)
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Start from this model file instead of the run's baseline.")(f)
+    f = click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")(f)
+    f = run_dir_option(f)
+    return data_dir_option(f)
+
+
+def _build(recipe, data_dir, run_dir, checkpoint, from_variant, name, force, trust_pickle):
+    from vggtool.compress import compress
+    from vggtool.runs import Run
+
+    if checkpoint is not None and from_variant is not None:
+        raise VggtoolError("pass either --checkpoint or --from-variant, not both")
+    run = Run.open(run_dir)
+    name = name or (f"{from_variant}+{recipe.name}" if from_variant else recipe.name)
+    with console.status(f"building {name} ..."):
+        metas = compress(run, {name: recipe}, data_dir or default_data_dir(), checkpoint, from_variant, force,
+                         trust_pickle)
+    _print_variants(run, metas)
+
+
+def _print_variants(run, metas):
+    from vggtool.console import table
+    from vggtool.report import variant_figure_rows
+
+    console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
+
+
+@main.command()
+@click.option("--dynamic", is_flag=True, help="Dynamic quantization of the Linear layers.")
+@click.option("--static", is_flag=True, help="Static int8 of the whole network, calibrated.")
+@click.option("--dtype", type=click.Choice(["int8", "float16"]), default="int8", show_default=True,
+              help="Weight type for --dynamic.")
+@click.option("--fuse", is_flag=True, help="Static: fold each Conv2d+BatchNorm2d before preparing.")
+@click.option("--fuse-relu", is_flag=True, help="Static with --fuse: fold the ReLU too.")
+@click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine: fbgemm/x86, or qnnpack on ARM.")
+@click.option("--per-tensor", is_flag=True, help="Static: per-tensor weight observers (default per-channel, the report's).")
+@click.option("--calib-size", type=int, default=1000, show_default=True,
+              help="Static: validation images used for calibration (never test images).")
+@click.option("--calib-seed", type=int, default=0, show_default=True)
+@variant_options
+def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_size, calib_seed, **common):
+    """Post-training quantization: `--dynamic --dtype int8|float16` or `--static [--fuse]`.
+
+    \b
+      vggtool quantize --static --fuse        # the report's best variant
+      vggtool quantize --dynamic --dtype float16
+    """
+    from vggtool.compress import DynamicQuant, StaticQuant
+
+    if dynamic == static:
+        raise VggtoolError("choose exactly one of --static or --dynamic")
+    if dynamic:
+        if fuse or fuse_relu or per_tensor:
+            raise VggtoolError("--fuse, --fuse-relu and --per-tensor apply to --static only")
+        recipe = DynamicQuant(dtype, engine)
+    else:
+        if dtype != "int8":
+            raise VggtoolError("static quantization is int8 only; float16 weights need --dynamic")
+        recipe = StaticQuant(fuse, fuse_relu, engine, not per_tensor, calib_size, calib_seed)
+    _build(recipe, **common)
+
+
+@main.command(name="prune")
+@click.option("--global", "scope", flag_value="global", help="One L1 ranking over all Conv2d weights.")
+@click.option("--local", "scope", flag_value="local", help="Each Conv2d pruned at --amount on its own.")
+@click.option("--amount", type=float, default=0.6, show_default=True, help="Fraction of Conv2d weights set to zero.")
+@click.option("--linear-amount", type=float, default=0.0, show_default=True, help="Fraction of Linear weights.")
+@click.option("--finetune-epochs", type=int, default=0, show_default=True,
+              help="Retrain this many epochs with the pruning mask held fixed.")
+@click.option("--finetune-lr", type=float, default=0.01, show_default=True)
+@variant_options
+def prune_cmd(scope, amount, linear_amount, finetune_epochs, finetune_lr, **common):
+    """L1 unstructured pruning made permanent: `--global` or `--local`, `--amount 0.6`."""
+    from vggtool.compress import L1Prune
+
+    if scope is None:
+        raise VggtoolError("choose --global or --local")
+    _build(L1Prune(scope, amount, linear_amount, finetune_epochs, finetune_lr), **common)
+
+
+@main.command(name="export")
+@click.option("--onnx", "onnx_", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
+@click.option("--opset", type=int, default=15, show_default=True)
+@variant_options
+def export_cmd(onnx_, opset, **common):
+    """ONNX export with a dynamic batch axis, checked, with a parity check against torch."""
+    from vggtool.compress import OnnxExport
+
+    _build(OnnxExport(opset), **common)
+
+
+@main.command(name="compress")
+@click.option("--variant", "names", multiple=True, help="Build only these (repeatable) [default: all eight].")
+@click.option("--list", "list_", is_flag=True, help="List the registered variants and exit.")
+@click.option("--force", is_flag=True, help="Rebuild variants that already exist.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from this model file instead of the run's baseline.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")
+@data_dir_option
+@run_dir_option
+def compress_cmd(names, list_, force, checkpoint, trust_pickle, data_dir, run_dir):
+    """Build every variant of the report in one go (baseline, dynamic fp16/int8,
+    static int8 with and without fusion, global/local pruning at 0.6, ONNX)."""
+    from vggtool.compress import REGISTRY, compress, lookup
+    from vggtool.console import table
+    from vggtool.runs import Run
+
+    if list_:
+        console.print(table("registered variants", ["name", "recipe"],
+                            [[n, repr(r)] for n, r in REGISTRY.items()]))
+        return
+    recipes = {n: lookup(n) for n in (names or REGISTRY)}
+    run = Run.open(run_dir)
+    with console.status("building variants ...") as status:
+        def done(name, meta):
+            status.update(f"built {name}; building the rest ...")
+            console.print(f"built {name}: {meta['figures']['size_mb']:.2f} MB")
+
+        metas = compress(run, recipes, data_dir or default_data_dir(), checkpoint, None, force, trust_pickle, done)
+    _print_variants(run, metas)
+
+
+@main.command(name="bench")
+@data_dir_option
+@run_dir_option
+@click.option("--variant", "names", multiple=True, help="Measure only these (repeatable) [default: all built].")
+@click.option("--threads", type=int, default=0, help="Threads for torch and ONNX Runtime [default: torch's].")
+@click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved repeats per variant.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")
+@click.option("--single-calls", type=int, default=50, show_default=True, help="Timed batch-1 calls per round.")
+@click.option("--latency-images", type=int, default=0, help="Cap test images used for timing (0 = all).")
+@click.option("--quick", is_flag=True, help="Minutes on 2 cores: 1000 timing images, 2 rounds, 20 batch-1 calls.")
+@click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
+def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, single_calls, latency_images,
+              quick, engine, results_dir):
+    """Measure every variant: error, ms/image (report protocol and batch 1), size.
+
+    All variants run in one process under one set of conditions; repeats are
+    interleaved round robin and speed-ups computed from the same rounds.
+    Accuracy always uses the whole test split; --quick caps only timing.
+    """
+    from vggtool.bench import BenchSettings, bench_run, parse_cpus
+    from vggtool.console import progress
+    from vggtool.report import console_table
+    from vggtool.runs import Run
+
+    if quick:
+        latency_images, rounds, single_calls = latency_images or 1000, min(rounds, 2), min(single_calls, 20)
+    settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
+                             engine)
+    run = Run.open(run_dir)
+    with progress(console) as bar:
+        task = bar.add_task("bench", total=None, info="")
+
+        def on_row(row):
+            bar.console.print(f"{row['variant']}: top-1 err {row['top1_err']}, {row['b16_ms'] or '-'} ms/img "
+                              f"[{row['status']}]")
+
+        results, folder = bench_run(run, data_dir or default_data_dir(), names, settings, results_dir,
+                                    lambda message: bar.update(task, info=message), on_row)
+    console.print(console_table(results))
+    console.print(f"results: {folder}/results.json, results.csv, REPORT.md, plots")
+
+
+@main.command(name="report")
+@run_dir_option
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding results.json [default: <run>/results].")
+@click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also copy REPORT.md, results and plots here (make report: results/).")
+def report_cmd(run_dir, results_dir, copy_to):
+    """Re-render REPORT.md, the console table and the plots from results.json, without measuring."""
+    from vggtool.report import console_table, load_results, render_all
+    from vggtool.runs import Run
+
+    folder = results_dir or Run.open(run_dir).path / "results"
+    results = load_results(folder)
+    written = render_all(results, folder, copy_to)
+    console.print(console_table(results))
+    console.print("wrote " + ", ".join(str(p) for p in written) + (f"; copied to {copy_to}" if copy_to else ""))
+
+
+@main.command(name="import")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New run directory to hold the converted baseline.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Read a .pth on torch < 2.10, whose unpickler can run code even with weights_only=True.")
+def import_(source, run_dir, trust_pickle):
+    """Convert a checkpoint of the report's layout (e.g. its published .pth) to a run's baseline."""
+    from vggtool.paths import mark_latest
+    from vggtool.runs import import_checkpoint
+
+    dest = import_checkpoint(source, run_dir, trust_pickle)
+    mark_latest(run_dir)
+    console.print(f"imported {source} -> {dest}")
+
+
+if __name__ == "__main__":
+    main(prog_name="vggtool", args=sys.argv[1:])
