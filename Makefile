@@ -1,0 +1,80 @@
+# vggtool: `make help` lists the targets. Variables pass through, e.g. `make all PROFILE=quick`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON       ?= python3
+VENV         ?= .venv
+REQUIREMENTS ?= requirements/report.txt
+VGGTOOL      ?= $(VENV)/bin/vggtool
+PROFILE      ?= full
+RUN          ?= runs/$(PROFILE)
+DATA_ARGS    ?=
+TRAIN_ARGS   ?=
+CPUS         ?= 0-1
+THREADS      ?= 2
+BENCH_ARGS   ?=
+IMAGE        ?= vggtool
+CPU_IMAGE    ?= vggtool:cpu
+DOCKER_RUN   ?= docker run --rm -v "$(CURDIR)":/workspace
+
+.PHONY: help install data train evaluate compress bench report all test lint \
+        docker-build docker-cpu-build docker-all docker-bench
+
+help: ## Show this list of targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
+
+install: ## Create $(VENV) with the report's pinned stack and vggtool (REQUIREMENTS=... for another)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -r $(REQUIREMENTS) -r requirements/dev.txt -c $(REQUIREMENTS)
+	$(VENV)/bin/pip install --no-deps -e .
+
+data: ## Get CIFAR-100 into ./data (DATA_ARGS="--synthetic" for the offline stand-in)
+	$(VGGTOOL) data $(DATA_ARGS)
+
+train: $(RUN)/best.safetensors ## Train the baseline for PROFILE (full = the report's recipe, quick = minutes on CPU)
+
+$(RUN)/best.safetensors:
+	$(VGGTOOL) train --profile $(PROFILE) --run-dir $(RUN) $(TRAIN_ARGS)
+
+evaluate: ## Top-1/top-5 test error of the run's baseline
+	$(VGGTOOL) evaluate --run-dir $(RUN)
+
+compress: ## Build every variant of the report from the run's baseline
+	$(VGGTOOL) compress --run-dir $(RUN) --force
+
+bench: ## Measure every variant, pinned to CPUS with THREADS threads
+	$(VGGTOOL) bench --run-dir $(RUN) --cpus $(CPUS) --threads $(THREADS) $(BENCH_ARGS)
+
+report: ## Re-render REPORT.md, tables and plots from the run's results; copy them into results/
+	$(VGGTOOL) report --run-dir $(RUN) --copy-to results
+
+all: ## The whole study: data, train, compress, bench, report
+	$(MAKE) data
+	$(MAKE) train
+	$(MAKE) compress
+	$(MAKE) bench
+	$(MAKE) report
+
+test: ## Run the test suite (tiny models, generated data, CPU only)
+	$(VENV)/bin/python -m pytest -q
+
+lint: ## Lint the code with ruff and the Dockerfile with hadolint
+	$(VENV)/bin/ruff check vggtool tests
+	$(VENV)/bin/hadolint docker/Dockerfile
+
+docker-build: ## Build the CUDA 11.8 / cuDNN 8.9 image `vggtool`
+	docker build -f docker/Dockerfile --build-arg VARIANT=gpu -t $(IMAGE) .
+
+docker-cpu-build: ## Build the CPU-only image `vggtool:cpu` (same pins) for benchmark hosts
+	docker build -f docker/Dockerfile --build-arg VARIANT=cpu -t $(CPU_IMAGE) .
+
+docker-all: ## In the container: GPU training, then CPU-pinned benchmarking, then the report
+	$(DOCKER_RUN) $(IMAGE) data $(DATA_ARGS)
+	$(DOCKER_RUN) --gpus all $(IMAGE) train --profile $(PROFILE) --run-dir $(RUN) $(TRAIN_ARGS)
+	$(DOCKER_RUN) $(IMAGE) compress --run-dir $(RUN) --force
+	$(DOCKER_RUN) --cpuset-cpus $(CPUS) $(IMAGE) bench --run-dir $(RUN) --cpus $(CPUS) --threads $(THREADS) $(BENCH_ARGS)
+	$(DOCKER_RUN) $(IMAGE) report --run-dir $(RUN) --copy-to results
+
+docker-bench: ## On a CPU host: benchmark and report in the CPU image, pinned to CPUS
+	$(DOCKER_RUN) --cpuset-cpus $(CPUS) $(CPU_IMAGE) bench --run-dir $(RUN) --cpus $(CPUS) --threads $(THREADS) $(BENCH_ARGS)
+	$(DOCKER_RUN) $(CPU_IMAGE) report --run-dir $(RUN) --copy-to results
