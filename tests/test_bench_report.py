@@ -32,12 +32,12 @@ def sleeper(per_call_ms):
 
 def test_batch16_protocol_with_a_predictor_of_known_cost():
     # 64 images in batches of 16 = 4 calls of 8 ms: 32 ms / 64 images = 0.5 ms per image
-    ms = bench.batch16_ms(sleeper(8), split(64), batch_size=16, warmup=2)
+    ms = bench.batch16_ms(sleeper(8), bench.prepare(split(64), 16), warmup=2)
     assert ms == pytest.approx(0.5, rel=0.25)
 
 
 def test_batch1_times_with_a_predictor_of_known_cost():
-    times = bench.batch1_times(sleeper(5), split(8), warmup=3, calls=20)
+    times = bench.batch1_times(sleeper(5), [x for x, _ in bench.prepare(split(8), 1)], warmup=3, calls=20)
     assert len(times) == 20
     assert sorted(times)[10] == pytest.approx(5.0, rel=0.3)
 
@@ -51,7 +51,8 @@ def test_timing_counts_only_time_inside_predict():
         clock_values.append(value)
         return value
 
-    times = bench.batch1_times(lambda x: torch.zeros(1, 2), split(4), warmup=0, calls=5, clock=clock)
+    times = bench.batch1_times(lambda x: torch.zeros(1, 2), [torch.zeros(1, 3, 32, 32)] * 4, warmup=0, calls=5,
+                               clock=clock)
     assert times == pytest.approx([3.0] * 5)
 
 
@@ -117,7 +118,7 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     shutil.copytree(trained_run / "variants" / "baseline", broken)
     (broken / "model.safetensors").write_bytes(b"corrupt")
     out = invoke("bench", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
-                 "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--threads", "1",
+                 "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--rounds", "2", "--threads", "1",
                  "--results-dir", str(tmp_path)).output
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}

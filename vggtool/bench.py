@@ -117,25 +117,29 @@ def environment(settings: BenchSettings) -> dict:
     }
 
 
-def batch16_ms(predict: Predict, split: Split, batch_size: int, warmup: int,
+def prepare(split: Split, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised batches made before any timing, so no tensor work runs between timed calls
+    (torch's OpenMP threads would otherwise spin beside ONNX Runtime's and skew its figure)."""
+    return list(batches(split, batch_size))
+
+
+def batch16_ms(predict: Predict, prepared: list, warmup: int,
                clock: Callable[[], float] = time.perf_counter) -> float:
-    """The report's runtime: warm-up calls at batch 1, then time inside predict over the split, per image."""
-    single = split.images[:1]
-    x1 = next(batches(Split(single, split.labels[:1]), 1))[0]
+    """The report's runtime: warm-up calls at batch 1, then time inside predict over all batches, per image."""
+    x1 = prepared[0][0][:1]
     for _ in range(warmup):
         predict(x1)
-    return evaluate(predict, batches(split, batch_size), clock=clock).ms_per_image
+    return evaluate(predict, prepared, clock=clock).ms_per_image
 
 
-def batch1_times(predict: Predict, split: Split, warmup: int, calls: int,
+def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, calls: int,
                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Milliseconds of each of `calls` single-image predictions, after `warmup` untimed ones."""
-    xs = [x for x, _ in batches(split.subset(torch.arange(min(len(split), 64))), 1)]
     for i in range(warmup):
-        predict(xs[i % len(xs)])
+        predict(inputs[i % len(inputs)])
     times = []
     for i in range(calls):
-        x = xs[i % len(xs)]
+        x = inputs[i % len(inputs)]
         start = clock()
         predict(x)
         times.append((clock() - start) * 1000)
@@ -187,6 +191,9 @@ def bench(
             entries.append(_Entry(name, None, f"{type(e).__name__}: {e}"))
     latency_split = test if not settings.latency_images else test.subset(torch.arange(min(len(test),
                                                                                               settings.latency_images)))
+    full = prepare(test, settings.batch_size)
+    timed = full if latency_split is test else prepare(latency_split, settings.batch_size)
+    singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
     rows: dict[str, dict] = {}
     for e in entries:
         rows[e.name] = _base_row(e)
@@ -194,7 +201,7 @@ def bench(
             continue
         say(f"accuracy: {e.name}")
         try:
-            acc = evaluate(e.variant.predict, batches(test, settings.batch_size))
+            acc = evaluate(e.variant.predict, full)
             rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
         except Exception as exc:
             e.error, e.variant = f"{type(exc).__name__}: {exc}", None
@@ -205,8 +212,8 @@ def bench(
     for r in range(settings.rounds):
         for e in live:
             say(f"round {r + 1}/{settings.rounds}: {e.name}")
-            b16[e.name].append(batch16_ms(e.variant.predict, latency_split, settings.batch_size, settings.warmup))
-            b1[e.name].append(batch1_times(e.variant.predict, latency_split, settings.warmup, settings.single_calls))
+            b16[e.name].append(batch16_ms(e.variant.predict, timed, settings.warmup))
+            b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls))
     for e in live:
         pooled = [t for round_times in b1[e.name] for t in round_times]
         medians = [statistics.median(t) for t in b1[e.name]]
@@ -262,8 +269,14 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, re
     names = list(names) or run.variant_names()
     if not names:
         raise VggtoolError(f"no variants to measure in {run.variants_dir}: build them with `vggtool compress`")
+    from vggtool.data import is_synthetic
+
     test = Split(*load_split(data_dir, "test"))
     results = bench({n: run.variants_dir / n for n in names}, test, settings, on_progress, on_row)
+    cfg = run.config()
+    results["subject"] = {"run": run.path.name, "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs,
+                          "data": "synthetic stand-in" if is_synthetic(data_dir) else "CIFAR-100",
+                          "test_images": len(test)}
     save_results(results, results_dir)
     render_all(results, results_dir)
     return results, results_dir
