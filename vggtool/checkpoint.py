@@ -63,12 +63,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def _decode(spec: dict, tensors: dict):
     if "q" in spec:
+        from vggtool.quant_ao import make_quantized
+
         ints = tensors[spec["t"]]
         if spec["q"] == "tensor":
-            return torch._make_per_tensor_quantized_tensor(ints, spec["scale"], spec["zero_point"])
-        return torch._make_per_channel_quantized_tensor(
-            ints, tensors[spec["t"] + ".scales"], tensors[spec["t"] + ".zero_points"], spec["axis"]
-        )
+            return make_quantized(ints, spec["scale"], spec["zero_point"])
+        return make_quantized(ints, tensors[spec["t"] + ".scales"], tensors[spec["t"] + ".zero_points"], spec["axis"])
     if "t" in spec:
         return tensors[spec["t"]]
     if "seq" in spec:
@@ -140,7 +140,9 @@ def read_pth(path: Path, trust_pickle: bool = False) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise VggtoolError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        raise VggtoolError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {reason})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -27,7 +27,16 @@ def _quiet():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*must run observer before calling calculate_qparams.*")
         warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
+        warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions.*deprecated.*")
         yield
+
+
+def make_quantized(ints: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
+    """Rebuild a quantized tensor from its integer values, scale(s) and zero point(s)."""
+    with _quiet():
+        if axis is None:
+            return torch._make_per_tensor_quantized_tensor(ints, scale, zero_point)
+        return torch._make_per_channel_quantized_tensor(ints, scale, zero_point, axis)
 
 
 def use_engine(engine: str) -> None:
