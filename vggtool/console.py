@@ -61,9 +61,11 @@ class TrainDisplay:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], justify_right: Sequence[bool] | None = None) -> Table:
+    rows = [[str(v) for v in r] for r in rows]
     t = Table(title=title)
     for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if (justify_right and justify_right[i]) else "left")
+        first = {"no_wrap": True, "min_width": max([len(c)] + [len(r[0]) for r in rows])} if i == 0 else {}
+        t.add_column(c, justify="right" if (justify_right and justify_right[i]) else "left", **first)
     for r in rows:
-        t.add_row(*(str(v) for v in r))
+        t.add_row(*r)
     return t

@@ -98,11 +98,12 @@ def ordered(rows: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------- console
 def console_table(results: dict) -> Table:
-    t = Table(title="vggtool bench")
-    columns = ["variant", "top-1 err", "top-5 err", "ms/img b16", "speed-up", "b1 median ms", "b1 p90",
-               "speed-up b1", "size MB", "status"]
+    t = Table(title="vggtool bench: error, ms/image at batch 16 and 1 (x = speed-up over baseline), size",
+              caption="b1 ms is the median of the batch-1 calls")
+    columns = ["variant", "top-1", "top-5", "b16 ms", "b16 x", "b1 ms", "b1 p90", "b1 x", "MB", "status"]
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i in (0, 9) else "right")
+        extra = {"no_wrap": True, "min_width": max(len(r["variant"]) for r in results["rows"])} if i == 0 else {}
+        t.add_column(c, justify="left" if i in (0, 9) else "right", **extra)
     for r in ordered(results["rows"]):
         t.add_row(r["variant"], _fmt(r["top1_err"], ".4f"), _fmt(r["top5_err"], ".4f"), _fmt(r["b16_ms"], ".2f"),
                   _fmt(r.get("b16_speedup"), ".2f"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
@@ -156,10 +157,14 @@ def render_markdown(results: dict) -> str:
     set_lines = [f"- {k}: `{v}`" for k, v in settings.items()]
     images = ok[0]["images_accuracy"] if ok else 0
     lat_images = ok[0]["images_latency"] if ok else 0
+    subject = results.get("subject")
+    about = (f"Model: `{subject['arch']}` at width {subject['width']}, trained {subject['epochs']} epochs (run "
+             f"`{subject['run']}`); data: {subject['data']} test split, {subject['test_images']} images. "
+             if subject else "")
     parts = [
         "# VGG compression report",
-        f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from results.json. "
-        "No figure here is typed by hand.",
+        about + f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from "
+        "results.json. No figure here is typed by hand.",
         "## Results (the report's table)",
         f"Errors over {images} test images. Runtime is the report's protocol: batches of "
         f"{settings['batch_size']}, time inside the model call summed over {lat_images} images, per image "
