@@ -14,7 +14,8 @@ from vggtool import __version__
 from vggtool.errors import VggtoolError
 from vggtool.paths import DATA_ENV, default_data_dir
 
-console = Console(stderr=False)
+# Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 class Group(click.Group):
@@ -24,7 +25,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except VggtoolError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(" ".join(str(e).split())) from None
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was left; `--resume` continues a training run", err=True)
             ctx.exit(130)
@@ -69,7 +70,7 @@ def main():
 @main.command()
 @data_dir_option
 @click.option("--synthetic", is_flag=True, help="Write a small learnable stand-in in the official format (offline).")
-@click.option("--train-per-class", default=100, show_default=True, help="Synthetic: training images per class.")
+@click.option("--train-per-class", default=150, show_default=True, help="Synthetic: training images per class.")
 @click.option("--test-per-class", default=20, show_default=True, help="Synthetic: test images per class.")
 @click.option("--classes", default=100, show_default=True, help="Synthetic: number of classes.")
 @click.option("--no-download", is_flag=True, help="Only check an existing folder; never go online.")
@@ -136,7 +137,7 @@ def train(data_dir, run_dir, profile, resume, **overrides):
     data_dir = data_dir or default_data_dir()
     run_dir = run_dir or runs_dir() / profile
     if resume:
-        cfg = c.replace(saved_config(run_dir), **{k: v for k, v in overrides.items() if v is not None})
+        cfg = c.resume(saved_config(run_dir), **overrides)
     else:
         cfg = c.resolve(profile, data_dir=str(data_dir), **overrides)
     splits = load_splits(data_dir, cfg.val_size, cfg.seed, cfg.train_subset)
@@ -318,9 +319,9 @@ def compress_cmd(names, list_, force, checkpoint, trust_pickle, data_dir, run_di
 @click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved repeats per variant.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")
-@click.option("--single-calls", type=int, default=50, show_default=True, help="Timed batch-1 calls per round.")
-@click.option("--latency-images", type=int, default=0, help="Cap test images used for timing (0 = all).")
-@click.option("--quick", is_flag=True, help="Minutes on 2 cores: 1000 timing images, 2 rounds, 20 batch-1 calls.")
+@click.option("--single-calls", type=int, default=None, help="Timed batch-1 calls per round [50; --quick: 20].")
+@click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
+@click.option("--quick", is_flag=True, help="Minutes on 2 cores: time on 1000 images, 20 batch-1 calls a round.")
 @click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
@@ -337,8 +338,10 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     from vggtool.report import console_table
     from vggtool.runs import Run
 
-    if quick:
-        latency_images, rounds, single_calls = latency_images or 1000, min(rounds, 2), min(single_calls, 20)
+    if latency_images is None:
+        latency_images = 1000 if quick else 0
+    if single_calls is None:
+        single_calls = 20 if quick else 50
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
                              engine)
     run = Run.open(run_dir)
@@ -346,8 +349,11 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
         task = bar.add_task("bench", total=None, info="")
 
         def on_row(row):
-            bar.console.print(f"{row['variant']}: top-1 err {row['top1_err']}, {row['b16_ms'] or '-'} ms/img "
-                              f"[{row['status']}]")
+            if row["status"] != "ok":
+                bar.console.print(f"{row['variant']}: {row['status']}")
+            else:
+                bar.console.print(f"{row['variant']}: top-1 err {row['top1_err']:.4f}, {row['b16_ms']:.2f} ms/image "
+                                  f"at batch {settings.batch_size}, {row['b1_ms_median']:.2f} ms at batch 1")
 
         results, folder = bench_run(run, data_dir or default_data_dir(), names, settings, results_dir,
                                     lambda message: bar.update(task, info=message), on_row)

@@ -101,3 +101,8 @@ def resolve(profile: str = "full", **overrides) -> TrainConfig:
         raise VggtoolError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     chosen = {k: v for k, v in overrides.items() if v is not None}
     return replace(TrainConfig(profile=profile, **PROFILES[profile]), **chosen)
+
+
+def resume(saved: TrainConfig, **overrides) -> TrainConfig:
+    """A saved run's config with the options given on the command line applied (e.g. more epochs)."""
+    return replace(saved, **{k: v for k, v in overrides.items() if v is not None})

@@ -268,7 +268,7 @@ def batches(
 
 def write_synthetic(
     data_dir: Path,
-    train_per_class: int = 100,
+    train_per_class: int = 150,
     test_per_class: int = 20,
     classes: int = 100,
     seed: int = 0,

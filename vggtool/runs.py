@@ -80,8 +80,10 @@ class Target:
     run: Run | None
 
     def batches(self, data_dir: Path, split: str, batch_size: int):
-        from vggtool.data import batches
+        from vggtool.data import Split, batches, load_split
 
+        if split == "test":  # the test split needs no run config
+            return batches(Split(*load_split(data_dir, "test")), batch_size)
         splits = self.run.splits(data_dir) if self.run else load_splits(data_dir)
         return batches(splits.get(split), batch_size)
 
