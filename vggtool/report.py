@@ -211,7 +211,7 @@ def plot(results: dict, folder: Path) -> list[Path]:
     for x, y, name in points:
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto(points)
-    ax.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=10, label="Pareto front")
     ax.set_xlabel(f"ms / image (batch {results['settings']['batch_size']})")
     ax.set_ylabel("top-1 error")
     ax.set_title("Error vs latency")
