@@ -52,8 +52,7 @@ def test_offline_without_data_names_both_fixes_and_leaves_nothing(tmp_path, monk
         data.fetch(tmp_path / "d")
     msg = str(err.value)
     assert "--data-dir" in msg and "--synthetic" in msg and "\n" not in msg
-    assert not (tmp_path / "d" / "cifar-100-python").exists()
-    assert list((tmp_path / "d").iterdir()) == []
+    assert not (tmp_path / "d").exists()  # the folder it made for the download is gone too
 
 
 def test_data_cli_offline_is_one_line_error(workspace, monkeypatch):

@@ -140,6 +140,7 @@ def fetch(data_dir: Path, download: bool = True) -> FetchReport:
             raise _missing_data_error(data_dir, "no extracted folder")
         if folder.exists() and any(folder.iterdir()):
             raise VggtoolError(f"{folder} is incomplete: it lacks one of {sorted(FILES)}; remove it and retry")
+        created = not data_dir.exists()
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_dir(data_dir / ".download", force=True) as tmp:
@@ -149,6 +150,9 @@ def fetch(data_dir: Path, download: bool = True) -> FetchReport:
                 shutil.rmtree(folder, ignore_errors=True)
                 shutil.move(str(tmp / FOLDER), str(folder))
         except (urllib.error.URLError, OSError, RuntimeError) as e:
+            shutil.rmtree(data_dir / ".download", ignore_errors=True)
+            if created and not any(data_dir.iterdir()):
+                data_dir.rmdir()
             raise _missing_data_error(data_dir, f"download failed: {e}") from None
         finally:
             shutil.rmtree(data_dir / ".download", ignore_errors=True)
