@@ -1,5 +1,6 @@
 import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,22 @@ def test_offline_without_data_names_both_fixes_and_leaves_nothing(tmp_path, monk
     msg = str(err.value)
     assert "--data-dir" in msg and "--synthetic" in msg and "\n" not in msg
     assert not (tmp_path / "d").exists()  # the folder it made for the download is gone too
+
+
+def test_download_goes_through_torchvision_with_the_official_md5(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, download_root, filename, md5):
+        calls.append((url, filename, md5))
+        write_official(Path(download_root) / "cifar-100-python")
+
+    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    with pytest.warns(UserWarning):  # the fake files are not the official bytes
+        report = data.fetch(tmp_path / "d")
+    assert calls == [(data.CIFAR100.url, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")]
+    assert report.downloaded and report.path == tmp_path / "d" / "cifar-100-python"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cifar-100-python"]
+    assert data.load_split(tmp_path / "d", "test")[0].shape == (4, 3, 32, 32)
 
 
 def test_data_cli_offline_is_one_line_error(workspace, monkeypatch):

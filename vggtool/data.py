@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import shutil
+import tempfile
 import urllib.error
 import warnings
 from collections.abc import Iterator
@@ -143,19 +144,17 @@ def fetch(data_dir: Path, download: bool = True) -> FetchReport:
         created = not data_dir.exists()
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with atomic_dir(data_dir / ".download", force=True) as tmp:
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir) as tmp:
                 download_and_extract_archive(
-                    CIFAR100.url, download_root=str(tmp), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
+                    CIFAR100.url, download_root=tmp, filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
                 )
-                shutil.rmtree(folder, ignore_errors=True)
-                shutil.move(str(tmp / FOLDER), str(folder))
+                if folder.exists():
+                    folder.rmdir()  # empty, checked above
+                shutil.move(str(Path(tmp) / FOLDER), str(folder))
         except (urllib.error.URLError, OSError, RuntimeError) as e:
-            shutil.rmtree(data_dir / ".download", ignore_errors=True)
             if created and not any(data_dir.iterdir()):
                 data_dir.rmdir()
             raise _missing_data_error(data_dir, f"download failed: {e}") from None
-        finally:
-            shutil.rmtree(data_dir / ".download", ignore_errors=True)
         downloaded = True
     mismatched = tuple(name for name, md5 in FILES.items() if not check_integrity(str(folder / name), md5))
     synthetic = is_synthetic(data_dir)
