@@ -171,15 +171,18 @@ def bench(
     variant_dirs: dict[str, Path],
     test: Split,
     settings: BenchSettings,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
     on_row: Callable[[dict], None] | None = None,
     baseline: str = "baseline",
 ) -> dict:
-    """Measure every variant; returns {"environment", "settings", "rows"}."""
+    """Measure every variant; returns {"environment", "settings", "rows"}.
+
+    `on_progress(message, step, steps)` follows the work; `on_row(row)` is
+    called when a row changes: after a variant's accuracy, and when complete.
+    """
     if not variant_dirs:
         raise VggtoolError("no variants to measure: build them with `vggtool compress`")
     apply_settings(settings)
-    say = on_progress or (lambda message: None)
     entries = []
     for name, folder in variant_dirs.items():
         try:
@@ -188,50 +191,58 @@ def bench(
             entries.append(_Entry(name, None, str(e)))
         except Exception as e:  # a corrupt artifact must not stop the others
             entries.append(_Entry(name, None, f"{type(e).__name__}: {e}"))
-    latency_split = test if not settings.latency_images else test.subset(torch.arange(min(len(test),
-                                                                                              settings.latency_images)))
+    latency_split = test.subset(torch.arange(min(len(test), settings.latency_images or len(test))))
     full = prepare(test, settings.batch_size)
-    timed = full if latency_split is test else prepare(latency_split, settings.batch_size)
+    timed = full if len(latency_split) == len(test) else prepare(latency_split, settings.batch_size)
     singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
+    steps = len(entries) * (1 + settings.rounds)
+    step = 0
+
+    def progress(message: str) -> None:
+        if on_progress:
+            on_progress(message, step, steps)
+
+    def changed(row: dict) -> None:
+        if on_row:
+            on_row(row)
+
     rows: dict[str, dict] = {}
     for e in entries:
         rows[e.name] = _base_row(e)
-        if e.variant is None:
-            continue
-        say(f"accuracy: {e.name}")
-        try:
-            acc = evaluate(e.variant.predict, full)
-            rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
-        except Exception as exc:
-            e.error, e.variant = f"{type(exc).__name__}: {exc}", None
-            rows[e.name].update(status=f"failed: {e.error}")
+        if e.variant is not None:
+            progress(f"accuracy: {e.name}")
+            try:
+                acc = evaluate(e.variant.predict, full)
+                rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
+            except Exception as exc:
+                e.error, e.variant = f"{type(exc).__name__}: {exc}", None
+                rows[e.name].update(status=f"failed: {e.error}")
+        step += 1
+        changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
+    step = len(entries) + settings.rounds * (len(entries) - len(live))
     b16: dict[str, list[float]] = {e.name: [] for e in live}
     b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
     for r in range(settings.rounds):
         for e in live:
-            say(f"round {r + 1}/{settings.rounds}: {e.name}")
+            progress(f"timing round {r + 1}/{settings.rounds}: {e.name}")
             b16[e.name].append(batch16_ms(e.variant.predict, timed, settings.warmup))
             b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls))
+            step += 1
     for e in live:
         pooled = [t for round_times in b1[e.name] for t in round_times]
-        medians = [statistics.median(t) for t in b1[e.name]]
         rows[e.name].update(
             b16_ms=statistics.median(b16[e.name]), b16_ms_min=min(b16[e.name]), b16_ms_max=max(b16[e.name]),
             b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
             b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
             images_latency=len(latency_split), rounds=settings.rounds,
         )
-        if baseline in b16:
-            rows[e.name]["b16_speedup"] = statistics.median(
-                a / b for a, b in zip(b16[baseline], b16[e.name]))
+        if baseline in b16:  # speed-ups from the same rounds, then the median
+            rows[e.name]["b16_speedup"] = statistics.median(a / b for a, b in zip(b16[baseline], b16[e.name]))
             rows[e.name]["b1_speedup"] = statistics.median(
-                a / b for a, b in zip([statistics.median(t) for t in b1[baseline]], medians))
-        if on_row:
-            on_row(rows[e.name])
-    for e in entries:
-        if e.variant is None and on_row:
-            on_row(rows[e.name])
+                statistics.median(a) / statistics.median(b) for a, b in zip(b1[baseline], b1[e.name]))
+        changed(rows[e.name])
+    progress("done")
     return {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
             "rows": list(rows.values())}
 
@@ -258,7 +269,8 @@ def _base_row(e: _Entry) -> dict:
 
 
 def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, results_dir: Path | None = None,
-              on_progress: Callable[[str], None] | None = None, on_row: Callable[[dict], None] | None = None):
+              on_progress: Callable[[str, int, int], None] | None = None,
+              on_row: Callable[[dict], None] | None = None):
     """Measure a run's variants (all by default) and write results and the report beside them."""
     from vggtool.data import load_split
     from vggtool.report import check_writable, render_all, save_results

@@ -333,6 +333,9 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     interleaved round robin and speed-ups computed from the same rounds.
     Accuracy always uses the whole test split; --quick caps only timing.
     """
+    from rich.console import Group
+    from rich.live import Live
+
     from vggtool.bench import BenchSettings, bench_run, parse_cpus
     from vggtool.console import progress
     from vggtool.report import console_table
@@ -345,18 +348,24 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
                              engine)
     run = Run.open(run_dir)
-    with progress(console) as bar:
-        task = bar.add_task("bench", total=None, info="")
+    rows: dict[str, dict] = {}
+    bar = progress(console)
+    task = bar.add_task("bench", total=None, info="")
+
+    def view():
+        return Group(console_table({"rows": list(rows.values())}), bar)
+
+    with Live(view(), console=console, refresh_per_second=4, transient=True) as live:
+        def on_progress(message, step, steps):
+            bar.update(task, completed=step, total=steps, info=message)
+            live.update(view())
 
         def on_row(row):
-            if row["status"] != "ok":
-                bar.console.print(f"{row['variant']}: {row['status']}")
-            else:
-                bar.console.print(f"{row['variant']}: top-1 err {row['top1_err']:.4f}, {row['b16_ms']:.2f} ms/image "
-                                  f"at batch {settings.batch_size}, {row['b1_ms_median']:.2f} ms at batch 1")
+            rows[row["variant"]] = row
+            live.update(view())
 
         results, folder = bench_run(run, data_dir or default_data_dir(), names, settings, results_dir,
-                                    lambda message: bar.update(task, info=message), on_row)
+                                    on_progress, on_row)
     console.print(console_table(results))
     console.print(f"results: {folder}/results.json, results.csv, REPORT.md, plots")
 

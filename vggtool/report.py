@@ -102,7 +102,7 @@ def console_table(results: dict) -> Table:
               caption="b1 ms is the median of the batch-1 calls")
     columns = ["variant", "top-1", "top-5", "b16 ms", "b16 x", "b1 ms", "b1 p90", "b1 x", "MB", "status"]
     for i, c in enumerate(columns):
-        extra = {"no_wrap": True, "min_width": max(len(r["variant"]) for r in results["rows"])} if i == 0 else {}
+        extra = {"no_wrap": True, "min_width": max([7] + [len(r["variant"]) for r in results["rows"]])} if i == 0 else {}
         t.add_column(c, justify="left" if i in (0, 9) else "right", **extra)
     for r in ordered(results["rows"]):
         t.add_row(r["variant"], _fmt(r["top1_err"], ".4f"), _fmt(r["top5_err"], ".4f"), _fmt(r["b16_ms"], ".2f"),
