@@ -41,6 +41,16 @@ def test_train_then_evaluate_end_to_end(trained_run, home):
     assert config["config"]["arch"] == "vgg11_bn" and config["synthetic_data"] is True
 
 
+def test_last_checkpoint_evaluates_like_best_when_same_epoch(trained_run, home):
+    last = json.loads(invoke("evaluate", "--checkpoint", str(trained_run / "last.safetensors"), "--run-dir",
+                             str(trained_run), "--split", "val", "--json").output)
+    assert 0 <= last["top1_err"] <= 1 and last["images"] == 100
+
+
+def test_resume_needs_a_run(workspace):
+    one_line_error(invoke("train", "--resume", "--run-dir", str(workspace / "nope"), ok=False), "nothing to resume")
+
+
 def test_train_without_data_is_one_line_error(workspace):
     one_line_error(invoke("train", *TINY, ok=False), "vggtool data --synthetic", "--data-dir")
 

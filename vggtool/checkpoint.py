@@ -162,6 +162,8 @@ def load_model(path: Path, spec: ArchSpec | None = None, trust_pickle: bool = Fa
         state, meta = read_pth(path, trust_pickle), {}
     else:
         state, meta = read(path)
+        if meta.get("kind") == "training-state":  # last.safetensors: the model's tensors carry a prefix
+            state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if spec is None:
         spec = ArchSpec(**meta["spec"]) if "spec" in meta else infer_spec(state)
     model = build_model(spec)

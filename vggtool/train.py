@@ -124,6 +124,8 @@ def _load_last(run_dir: Path, model, optimizer) -> tuple[int, dict]:
 
 
 def saved_config(run_dir: Path) -> TrainConfig:
+    if not (Path(run_dir) / LAST).exists():
+        raise VggtoolError(f"nothing to resume: {run_dir} holds no {LAST}")
     _, meta = checkpoint.read(Path(run_dir) / LAST)
     return TrainConfig.from_dict(meta["config"])
 
