@@ -53,11 +53,7 @@ class TrainConfig:
             raise VggtoolError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
         if self.val_size < 0 or self.train_subset < 0 or self.warmup_epochs < 0:
             raise VggtoolError("val-size, train-subset and warmup-epochs must not be negative")
-        ArchSpec(self.arch, 100, self.width, self.dropout)  # raises on a bad arch or width
-
-    @property
-    def spec(self) -> ArchSpec:
-        return ArchSpec(self.arch, 100, self.width, self.dropout)
+        ArchSpec(self.arch, 100, self.width, self.dropout)  # raises on a bad arch, width or dropout
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -87,7 +87,7 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, epoch: int, best: dict) -> None:
+def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, spec: ArchSpec, epoch: int, best: dict) -> None:
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, s in opt["state"].items():
@@ -98,7 +98,7 @@ def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, epoch: int, be
     if torch.cuda.is_available():
         state["rng.cuda"] = torch.cuda.get_rng_state()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
-    meta = {"kind": "training-state", "epoch": epoch, "config": cfg.to_dict(), "spec": cfg.spec.to_dict(),
+    meta = {"kind": "training-state", "epoch": epoch, "config": cfg.to_dict(), "spec": spec.to_dict(),
             "best": best, "param_groups": groups}
     checkpoint.save(run_dir / LAST, state, meta)
 
@@ -176,7 +176,7 @@ def train(
             checkpoint.save(run_dir / BEST, model.state_dict(),
                             {"kind": "model", "spec": spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch,
                              "val": best})
-        _save_last(run_dir, model, optimizer, cfg, epoch, best)
+        _save_last(run_dir, model, optimizer, cfg, spec, epoch, best)
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
         observer.epoch_end(record)
