@@ -47,6 +47,20 @@ def test_last_checkpoint_evaluates_like_best_when_same_epoch(trained_run, home):
     assert 0 <= last["top1_err"] <= 1 and last["images"] == 100
 
 
+def test_current_run_survives_a_moved_workspace(workspace, monkeypatch, tmp_path_factory):
+    import shutil
+
+    from vggtool.paths import mark_latest, resolve_run_dir
+
+    (workspace / "runs" / "quick").mkdir(parents=True)
+    mark_latest(workspace / "runs" / "quick")
+    assert (workspace / "runs" / "LATEST").read_text().strip() == "runs/quick"
+    moved = tmp_path_factory.mktemp("mounted") / "workspace"  # as in `docker run -v "$PWD":/workspace`
+    shutil.copytree(workspace, moved)
+    monkeypatch.setenv("VGGTOOL_HOME", str(moved))
+    assert resolve_run_dir(None) == moved / "runs" / "quick"
+
+
 def test_resume_needs_a_run(workspace):
     one_line_error(invoke("train", "--resume", "--run-dir", str(workspace / "nope"), ok=False), "nothing to resume")
 

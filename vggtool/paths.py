@@ -29,10 +29,16 @@ def runs_dir() -> Path:
 
 
 def mark_latest(run_dir: Path) -> None:
-    """Remember `run_dir` as the current run, so later phases need no arguments."""
+    """Remember `run_dir` as the current run, so later phases need no arguments.
+
+    A run inside the workspace is stored relative to it, so the marker still
+    holds when the workspace is mounted elsewhere (a container's /workspace).
+    """
     from vggtool.files import write_text
 
-    write_text(runs_dir() / LATEST, str(Path(run_dir).resolve()) + "\n")
+    run, root = Path(run_dir).resolve(), workspace().resolve()
+    path = run.relative_to(root) if run.is_relative_to(root) else run
+    write_text(runs_dir() / LATEST, str(path) + "\n")
 
 
 def resolve_run_dir(run_dir: Path | None) -> Path:
@@ -43,7 +49,7 @@ def resolve_run_dir(run_dir: Path | None) -> Path:
             raise VggtoolError(
                 f"no current run in {runs_dir()}: train one with `vggtool train` or pass --run-dir"
             )
-        run_dir = Path(marker.read_text().strip())
+        run_dir = workspace() / marker.read_text().strip()  # an absolute marker stays absolute
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VggtoolError(f"run directory {run_dir} does not exist")
