@@ -195,8 +195,7 @@ def bench(
     full = prepare(test, settings.batch_size)
     timed = full if len(latency_split) == len(test) else prepare(latency_split, settings.batch_size)
     singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
-    steps = len(entries) * (1 + settings.rounds)
-    step = 0
+    step, steps = 0, len(entries) * (1 + settings.rounds)  # steps shrinks once failures are known
 
     def progress(message: str) -> None:
         if on_progress:
@@ -220,7 +219,7 @@ def bench(
         step += 1
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
-    step = len(entries) + settings.rounds * (len(entries) - len(live))
+    steps = len(entries) + settings.rounds * len(live)
     b16: dict[str, list[float]] = {e.name: [] for e in live}
     b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
     for r in range(settings.rounds):

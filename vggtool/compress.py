@@ -219,17 +219,12 @@ class Source:
 
     @classmethod
     def from_variant(cls, folder: Path) -> Source:
-        meta = read_json(Path(folder) / META_FILE, "variant metadata")
-        recipe = recipe_from_dict(meta["recipe"])
-        if not isinstance(recipe, (Baseline, L1Prune)):
+        variant = load_variant(folder)
+        if not isinstance(recipe_from_dict(variant.meta["recipe"]), (Baseline, L1Prune)):
             raise VggtoolError(f"variant {Path(folder).name} is not a float model; only float variants can be a parent")
-        spec = ArchSpec(**meta["spec"])
-        state, _ = checkpoint.read(Path(folder) / MODEL_FILE)
-        model = build_model(spec)
-        model.load_state_dict(state)
         path = Path(folder) / MODEL_FILE
-        return cls(model.eval(), spec, path, meta["chain"] + [{"name": meta["name"], "path": str(path),
-                                                                "sha256": checkpoint.sha256(path)}])
+        return cls(variant.model, ArchSpec(**variant.meta["spec"]), path,
+                   variant.meta["chain"] + [{"name": variant.name, "path": str(path), "sha256": checkpoint.sha256(path)}])
 
 
 @dataclass
