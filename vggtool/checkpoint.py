@@ -165,7 +165,7 @@ def load_model(path: Path, spec: ArchSpec | None = None, trust_pickle: bool = Fa
         if meta.get("kind") == "training-state":  # last.safetensors: the model's tensors carry a prefix
             state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if spec is None:
-        spec = ArchSpec(**meta["spec"]) if "spec" in meta else infer_spec(state)
+        spec = ArchSpec.from_dict(meta["spec"]) if "spec" in meta else infer_spec(state)
     model = build_model(spec)
     check_compatible(model, state, f"checkpoint {path}")
     model.load_state_dict(state)

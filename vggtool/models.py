@@ -1,12 +1,15 @@
 """VGG with BatchNorm for 32x32 inputs, keyed exactly like the report's model.
 
 Channel plans are data; `features.N.*` and `classifier.0/3/6.*` match the
-widely used CIFAR VGG layout, so its checkpoints load unchanged.
+widely used CIFAR VGG layout, so its checkpoints load unchanged. A spec may
+also list every layer's width, so thinned (pruned) models rebuild exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -23,30 +26,83 @@ PLANS: dict[str, list] = {
 HIDDEN = 4096
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def _widths(value, name: str, n: int, arch: str) -> tuple[int, ...]:
+    """`value` as a tuple of n ints >= 1, or a one-line error."""
+    if not isinstance(value, (list, tuple)):
+        raise VggtoolError(f"{name} must be a list of {n} integers, got {type(value).__name__}")
+    if len(value) != n:
+        raise VggtoolError(f"{name} must have {n} entries for {arch}, got {len(value)}")
+    if not all(_is_int(v) and v >= 1 for v in value):
+        raise VggtoolError(f"{name} must be integers >= 1, got {list(value)}")
+    return tuple(int(v) for v in value)
+
+
 @dataclass(frozen=True)
 class ArchSpec:
-    """Everything needed to rebuild a model skeleton."""
+    """Everything needed to rebuild a model skeleton.
+
+    `channels` (every Conv2d's output channels, in order) and `hidden` (the two
+    hidden Linear widths) default to the arch's plan scaled by `width`; give them
+    to describe a thinned model. `width` then just records the nominal width.
+    """
 
     arch: str = "vgg19_bn"
     num_classes: int = 100
     width: float = 1.0
     dropout: float = 0.5
+    channels: tuple[int, ...] = ()
+    hidden: tuple[int, int] = ()
 
     def __post_init__(self):
-        if self.arch not in PLANS:
+        if not isinstance(self.arch, str) or self.arch not in PLANS:
             raise VggtoolError(f"unknown architecture {self.arch!r}: choose one of {', '.join(PLANS)}")
-        if self.num_classes < 2:
-            raise VggtoolError(f"num_classes must be at least 2, got {self.num_classes}")
-        if not 0 < self.width <= 4:
-            raise VggtoolError(f"width must be in (0, 4], got {self.width}")
-        if not 0 <= self.dropout < 1:
-            raise VggtoolError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not _is_int(self.num_classes) or self.num_classes < 2:
+            raise VggtoolError(f"num_classes must be an integer of at least 2, got {self.num_classes!r}")
+        if not _is_real(self.width) or not 0 < self.width <= 4:
+            raise VggtoolError(f"width must be in (0, 4], got {self.width!r}")
+        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise VggtoolError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        channels, hidden = self._from_width()
+        # Lists (e.g. from JSON) become tuples so specs compare and hash.
+        if self.channels not in ((), []):
+            channels = _widths(self.channels, "channels", len(channels), self.arch)
+        if self.hidden not in ((), []):
+            hidden = _widths(self.hidden, "hidden", 2, self.arch)
+        object.__setattr__(self, "channels", channels)
+        object.__setattr__(self, "hidden", hidden)
+
+    def _from_width(self) -> tuple[tuple[int, ...], tuple[int, int]]:
+        def scale(c: int) -> int:
+            return max(1, round(c * self.width))
+
+        return tuple(scale(c) for c in PLANS[self.arch] if c != M), (scale(HIDDEN),) * 2
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every layer has the width `width` alone implies (an unpruned model)."""
+        return (self.channels, self.hidden) == self._from_width()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All fields, JSON-ready (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    def channels(self, c: int) -> int:
-        return max(1, round(c * self.width))
+    @classmethod
+    def from_dict(cls, d: dict) -> ArchSpec:
+        """Rebuild a spec saved by `to_dict`; older dicts without channels/hidden and unknown keys are fine."""
+        if not isinstance(d, dict):
+            raise VggtoolError(f"a model spec must be a mapping, got {type(d).__name__}")
+        missing = [k for k in ("arch", "num_classes", "width") if k not in d]
+        if missing:
+            raise VggtoolError(f"model spec lacks {', '.join(missing)}")
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 class VGG(nn.Module):
@@ -54,24 +110,24 @@ class VGG(nn.Module):
         super().__init__()
         self.spec = spec
         layers: list[nn.Module] = []
-        cin = 3
+        cin, widths = 3, iter(spec.channels)
         for item in PLANS[spec.arch]:
             if item == M:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                cout = spec.channels(item)
+                cout = next(widths)
                 layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
         self.features = nn.Sequential(*layers)
-        hidden = spec.channels(HIDDEN)
+        h0, h1 = spec.hidden
         self.classifier = nn.Sequential(
-            nn.Linear(cin, hidden),
+            nn.Linear(cin, h0),
             nn.ReLU(inplace=True),
             nn.Dropout(spec.dropout),
-            nn.Linear(hidden, hidden),
+            nn.Linear(h0, h1),
             nn.ReLU(inplace=True),
             nn.Dropout(spec.dropout),
-            nn.Linear(hidden, spec.num_classes),
+            nn.Linear(h1, spec.num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,16 +140,29 @@ def build_model(spec: ArchSpec) -> VGG:
 
 
 def infer_spec(state_dict: dict) -> ArchSpec:
-    """Guess the architecture of a state_dict of this layout from its shapes."""
-    convs = [k for k, v in state_dict.items() if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4]
+    """Read the architecture of a state_dict of this layout, every layer's width included, from its shapes."""
+    convs = sorted(
+        (int(m[1]), v) for k, v in state_dict.items()
+        if (m := re.fullmatch(r"features\.(\d+)\.weight", k)) and torch.is_tensor(v) and v.dim() == 4
+    )
     by_depth = {sum(1 for c in plan if c != M): name for name, plan in PLANS.items()}
-    if not convs or len(convs) not in by_depth or "classifier.6.weight" not in state_dict:
+    linears = [state_dict.get(f"classifier.{i}.weight") for i in (0, 3, 6)]
+    if len(convs) not in by_depth or not all(torch.is_tensor(w) and w.dim() == 2 for w in linears):
         raise VggtoolError(
             f"not a VGG-BN state_dict of the report's layout ({len(convs)} conv weights, "
-            f"classifier.6.weight {'present' if 'classifier.6.weight' in state_dict else 'missing'})"
+            f"classifier.0/3/6.weight {'present' if all(w is not None for w in linears) else 'missing'})"
         )
-    first = state_dict[convs[0]] if "features.0.weight" not in state_dict else state_dict["features.0.weight"]
-    return ArchSpec(by_depth[len(convs)], int(state_dict["classifier.6.weight"].shape[0]), first.shape[0] / 64)
+    # (layer, in, out) in data order; each layer must take what the previous one gives.
+    chain = [(f"features.{n}", w.shape[1], w.shape[0]) for n, w in convs]
+    chain += [(f"classifier.{i}", w.shape[1], w.shape[0]) for i, w in zip((0, 3, 6), linears)]
+    given = 3
+    for name, cin, cout in chain:
+        if cin != given:
+            raise VggtoolError(f"inconsistent state_dict: {name} takes {cin} inputs but receives {given}")
+        given = cout
+    channels = tuple(int(w.shape[0]) for _, w in convs)
+    return ArchSpec(by_depth[len(convs)], int(linears[2].shape[0]), min(4.0, channels[0] / 64),
+                    channels=channels, hidden=(int(linears[0].shape[0]), int(linears[1].shape[0])))
 
 
 def check_compatible(model: nn.Module, state_dict: dict, what: str) -> None:
