@@ -23,29 +23,36 @@ DOCKER_RUN   ?= docker run --rm -v "$(CURDIR)":/workspace
 help: ## Show this list of targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
+INSTALLED    := $(VENV)/.vggtool-installed
+
 install: ## Create $(VENV) with the report's pinned stack and vggtool (REQUIREMENTS=... for another)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -r $(REQUIREMENTS) -r requirements/dev.txt -c $(REQUIREMENTS)
 	$(VENV)/bin/pip install --no-deps -e .
+	touch $(INSTALLED)
 
-data: ## Get CIFAR-100 into ./data (DATA_ARGS="--synthetic" for the offline stand-in)
+# test and lint on a fresh clone install first instead of failing with "Error 127"
+$(INSTALLED):
+	$(MAKE) install
+
+data: $(INSTALLED) ## Get CIFAR-100 into ./data (DATA_ARGS="--synthetic" for the offline stand-in)
 	$(VGGTOOL) data $(DATA_ARGS)
 
 train: $(RUN)/best.safetensors ## Train the baseline for PROFILE (full = the report's recipe, quick = minutes on CPU)
 
-$(RUN)/best.safetensors:
+$(RUN)/best.safetensors: | $(INSTALLED)
 	$(VGGTOOL) train --profile $(PROFILE) --run-dir $(RUN) $(TRAIN_ARGS)
 
-evaluate: ## Top-1/top-5 test error of the run's baseline
+evaluate: $(INSTALLED) ## Top-1/top-5 test error of the run's baseline
 	$(VGGTOOL) evaluate --run-dir $(RUN)
 
-compress: ## Build every variant of the report from the run's baseline
+compress: $(INSTALLED) ## Build every variant of the report from the run's baseline
 	$(VGGTOOL) compress --run-dir $(RUN) --force
 
-bench: ## Measure every variant, pinned to CPUS with THREADS threads
+bench: $(INSTALLED) ## Measure every variant, pinned to CPUS with THREADS threads
 	$(VGGTOOL) bench --run-dir $(RUN) --cpus $(CPUS) --threads $(THREADS) $(BENCH_ARGS)
 
-report: ## Re-render REPORT.md, tables and plots from the run's results; copy them into results/
+report: $(INSTALLED) ## Re-render REPORT.md, tables and plots from the run's results; copy them into results/
 	$(VGGTOOL) report --run-dir $(RUN) --copy-to results
 
 all: ## The whole study: data, train, compress, bench, report
@@ -55,10 +62,10 @@ all: ## The whole study: data, train, compress, bench, report
 	$(MAKE) bench
 	$(MAKE) report
 
-test: ## Run the test suite (tiny models, generated data, CPU only)
+test: $(INSTALLED) ## Run the test suite (tiny models, generated data, CPU only; installs $(VENV) first if missing)
 	$(VENV)/bin/python -m pytest -q
 
-lint: ## Lint the code with ruff and the Dockerfile with hadolint
+lint: $(INSTALLED) ## Lint the code with ruff and the Dockerfile with hadolint
 	$(VENV)/bin/ruff check vggtool tests
 	$(VENV)/bin/hadolint docker/Dockerfile
 

@@ -5,8 +5,9 @@ Nothing here touches the network or the real CIFAR-100.
 
 from __future__ import annotations
 
-import os
+import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ from vggtool.cli import main
 from vggtool.data import write_synthetic
 
 TINY = ["--profile", "quick", "--arch", "vgg11_bn", "--width", "0.125", "--val-size", "100", "--batch-size", "32"]
+
+
+def one_line_error(result, *fragments):
+    """Assert the CLI failed with one `Error: ...` line holding every fragment; return that line."""
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    return lines[0]
 
 
 def invoke(*args: str, ok: bool = True):
@@ -42,19 +54,21 @@ def session_home(tmp_path_factory) -> Path:
     return home
 
 
+@contextmanager
+def in_home(home: Path):
+    """VGGTOOL_HOME set to `home` for a session-scoped fixture, restored afterwards (monkeypatch is per test)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGTOOL_HOME", str(home))
+        mp.delenv("VGGTOOL_DATA", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def trained_run(session_home) -> Path:
     """A tiny model trained for 3 epochs on 10 learnable classes (a few seconds)."""
-    old = os.environ.get("VGGTOOL_HOME")
-    os.environ["VGGTOOL_HOME"] = str(session_home)
-    try:
+    with in_home(session_home):
         invoke("train", *TINY, "--epochs", "3", "--lr", "0.05", "--data-dir", str(session_home / "data"),
                "--run-dir", str(session_home / "runs" / "tiny"))
-    finally:
-        if old is None:
-            os.environ.pop("VGGTOOL_HOME")
-        else:
-            os.environ["VGGTOOL_HOME"] = old
     return session_home / "runs" / "tiny"
 
 
@@ -70,8 +84,6 @@ def home(session_home, monkeypatch) -> Path:
 @pytest.fixture
 def own_run(trained_run, tmp_path) -> Path:
     """A private copy of the trained run (without variants), for tests that add to it."""
-    import shutil
-
     dest = tmp_path / "run"
     shutil.copytree(trained_run, dest, ignore=shutil.ignore_patterns("variants", "results"))
     return dest

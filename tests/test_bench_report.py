@@ -1,5 +1,6 @@
 """Benchmark harness with a predictor of known cost; report rendering against golden text."""
 
+import itertools
 import json
 import shutil
 import time
@@ -12,8 +13,7 @@ from vggtool import bench, report
 from vggtool.data import Split
 from vggtool.errors import VggtoolError
 
-from .conftest import invoke
-from .test_cli import one_line_error
+from .conftest import invoke, one_line_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -30,9 +30,9 @@ def sleeper(per_call_ms):
     return predict
 
 
-def test_batch16_protocol_with_a_predictor_of_known_cost():
+def test_batch_protocol_with_a_predictor_of_known_cost():
     # 64 images in batches of 16 = 4 calls of 8 ms: 32 ms / 64 images = 0.5 ms per image
-    ms = bench.batch16_ms(sleeper(8), bench.prepare(split(64), 16), warmup=2)
+    ms = bench.batch_ms(sleeper(8), bench.prepare(split(64), 16), warmup=2)
     assert ms == pytest.approx(0.5, rel=0.25)
 
 
@@ -73,14 +73,85 @@ def test_pareto_front():
     assert [p[2] for p in report.pareto(points)] == ["d", "a", "b"]
 
 
-def test_report_markdown_matches_golden():
-    results = json.loads((FIXTURES / "results.json").read_text())
-    assert report.render_markdown(results) == (FIXTURES / "REPORT.golden.md").read_text()
+def fixture():
+    """Results as written before the batched figures were renamed (b16_*)."""
+    return json.loads((FIXTURES / "results.json").read_text())
 
 
-def test_console_table_matches_golden():
-    results = json.loads((FIXTURES / "results.json").read_text())
-    assert report.render_console(results, width=140) == (FIXTURES / "console.golden.txt").read_text()
+def renamed(results):
+    names = {"b16_ms": "batch_ms", "b16_ms_min": "batch_ms_min", "b16_ms_max": "batch_ms_max",
+             "b16_speedup": "batch_speedup"}
+    return {**results, "rows": [{names.get(k, k): v for k, v in row.items()} for row in results["rows"]]}
+
+
+@pytest.mark.parametrize("naming", [fixture, lambda: renamed(fixture())], ids=["b16 fields", "batch fields"])
+def test_report_markdown_matches_golden(naming):
+    assert report.render_markdown(naming()) == (FIXTURES / "REPORT.golden.md").read_text()
+
+
+@pytest.mark.parametrize("naming", [fixture, lambda: renamed(fixture())], ids=["b16 fields", "batch fields"])
+def test_console_table_matches_golden(naming):
+    assert report.render_console(naming(), width=140) == (FIXTURES / "console.golden.txt").read_text()
+
+
+def test_batched_columns_are_titled_with_the_batch_size():
+    results = fixture()
+    results["settings"]["batch_size"] = 32
+    console, markdown = report.render_console(results, width=140), report.render_markdown(results)
+    assert "at batch 32 and 1" in console and "b32 ms" in console and "b16" not in console
+    assert "ms/image b32 (min-max) | Speed-up b32 |" in markdown and "b16" not in markdown
+
+
+def test_old_results_load_in_the_current_naming(tmp_path):
+    shutil.copy(FIXTURES / "results.json", tmp_path / "results.json")
+    assert report.load_results(tmp_path)["rows"] == renamed(fixture())["rows"]
+
+
+def test_publish_writes_results_report_and_plots(tmp_path):
+    written = report.publish(fixture(), tmp_path)
+    assert [p.name for p in written] == ["results.json", "results.csv", "REPORT.md", "error_vs_latency.png", "size.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+    assert "batch_ms,batch_ms_min,batch_ms_max,batch_speedup" in (tmp_path / "results.csv").read_text()
+    assert "b16_ms" not in (tmp_path / "results.json").read_text()
+
+
+@pytest.mark.parametrize("content", ['["rows"]', '{"rows": {}, "environment": {}, "settings": {}}',
+                                     '{"rows": [1], "environment": {}, "settings": {}}',
+                                     '{"rows": [], "settings": {}}', '{"rows": [], "environment": {}}'])
+def test_results_of_the_wrong_shape_are_refused_and_kept(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(VggtoolError, match="cannot be parsed") as e:
+        report.check_writable(tmp_path)
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "results.json").read_text() == content
+
+
+def crowded(points):
+    """The fixture's ok variants moved to `points` (ms, top-1 error)."""
+    results = renamed(fixture())
+    rows = [r for r in results["rows"] if r["status"] == "ok"]
+    for row, (ms, err) in zip(rows, points, strict=True):
+        row.update(batch_ms=ms, top1_err=err)
+    return {**results, "rows": rows}
+
+
+@pytest.mark.parametrize("results, scale", [
+    (fixture(), "linear"),
+    # seven variants on one spot (a few pixels apart), one far away
+    (crowded([(4.40 + 0.005 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(1.2, 0.45)]), "linear"),
+    (crowded([(4.0 + 0.01 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(0.3, 0.45)]), "log"),  # latencies > 10x apart
+])
+def test_plot_labels_do_not_overlap(results, scale):
+    fig, labels = report.error_vs_latency(results)
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert len(boxes) == 8 and ax.get_xscale() == scale
+    for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes), 2):
+        assert not box_a.overlaps(box_b), f"{a.get_text()} overlaps {b.get_text()}"
+    points, frame = ax.transData.transform([label.xy for label in labels]), ax.get_window_extent(renderer)
+    for label, box in zip(labels, boxes):
+        assert box.count_contains(points) == 0, f"{label.get_text()} covers a marker"
+        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), f"{label.get_text()} leaves the axes"
 
 
 def test_report_command_renders_without_measuring(tmp_path, workspace):
@@ -125,9 +196,9 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     assert rows["broken"]["status"].startswith("failed") and "broken" in out
     for name in ("baseline", "static-int8-fused", "onnx-fp32"):
         assert rows[name]["status"] == "ok" and rows[name]["images_accuracy"] == 100
-        assert rows[name]["b16_ms"] > 0 and rows[name]["b1_ms_median"] > 0
+        assert rows[name]["batch_ms"] > 0 and rows[name]["b1_ms_median"] > 0
         assert rows[name]["rounds"] == 2
-    assert rows["baseline"]["b16_speedup"] == pytest.approx(1.0)
+    assert rows["baseline"]["batch_speedup"] == pytest.approx(1.0)
     assert results["environment"]["torch_threads"] == 1
     assert results["environment"]["torch"] == torch.__version__
     assert "Post-Training Static Fuse" in (tmp_path / "REPORT.md").read_text()

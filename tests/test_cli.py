@@ -10,24 +10,7 @@ import torch
 from vggtool import checkpoint
 from vggtool.models import ArchSpec, build_model
 
-from .conftest import TINY, invoke
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in result.output
-    return lines[0]
-
-
-def test_help_teaches_every_command():
-    out = invoke("--help").output
-    for command in ("data", "train", "evaluate", "quantize", "prune", "export", "compress", "bench", "report"):
-        assert command in out
-    assert "--static" in invoke("quantize", "--help").output
+from .conftest import TINY, invoke, one_line_error
 
 
 def test_train_then_evaluate_end_to_end(trained_run, home):
@@ -41,10 +24,26 @@ def test_train_then_evaluate_end_to_end(trained_run, home):
     assert config["config"]["arch"] == "vgg11_bn" and config["synthetic_data"] is True
 
 
-def test_last_checkpoint_evaluates_like_best_when_same_epoch(trained_run, home):
-    last = json.loads(invoke("evaluate", "--checkpoint", str(trained_run / "last.safetensors"), "--run-dir",
-                             str(trained_run), "--split", "val", "--json").output)
-    assert 0 <= last["top1_err"] <= 1 and last["images"] == 100
+def test_last_checkpoint_evaluates_as_its_model_weights(trained_run, home, tmp_path):
+    """`evaluate --checkpoint last.safetensors` measures the model inside the training state:
+    the same figures as those weights saved alone, and as best.safetensors when both hold one epoch."""
+    from safetensors.torch import save_file
+
+    def err(path):
+        return json.loads(invoke("evaluate", "--checkpoint", str(path), "--run-dir", str(trained_run), "--split", "val",
+                                 "--json").output)
+
+    state, meta = checkpoint.read(trained_run / "last.safetensors")
+    weights = tmp_path / "weights.safetensors"
+    save_file({k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")}, str(weights))
+    last, alone = err(trained_run / "last.safetensors"), err(weights)
+    assert last["images"] == 100 and (last["top1_err"], last["top5_err"]) == (alone["top1_err"], alone["top5_err"])
+    assert last["top1_err"] < 0.5  # trained weights, not a fresh initialisation (chance is 0.9)
+    best = err(trained_run / "best.safetensors")
+    if meta["best"]["epoch"] == meta["epoch"]:
+        assert (last["top1_err"], last["top5_err"]) == (best["top1_err"], best["top5_err"])
+    else:
+        assert best["top1_err"] <= last["top1_err"]  # best is chosen on this very split
 
 
 def test_current_run_survives_a_moved_workspace(workspace, monkeypatch, tmp_path_factory):

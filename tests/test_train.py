@@ -7,7 +7,8 @@ from vggtool import checkpoint
 from vggtool.config import TrainConfig, resolve
 from vggtool.data import load_splits
 from vggtool.errors import VggtoolError
-from vggtool.train import BEST, LAST, METRICS, learning_rate, train
+from vggtool.runs import BEST, LAST, METRICS
+from vggtool.train import learning_rate, train
 
 TINY = dict(arch="vgg11_bn", width=0.125, batch_size=32, val_size=100, lr=0.05, schedule="onecycle", warmup_epochs=0)
 

@@ -2,9 +2,10 @@
 conditions, with repeats interleaved round robin so drift hits all alike.
 
 Two latency figures per variant: the report's protocol (the test split in
-batches of 16, time inside the model call summed, per image) and batch-1
-latency (warm-up, then many timed calls: median, p90, IQR). Accuracy comes
-from the project's one `evaluate`. Results are flat rows plus the environment.
+batches of `batch_size`, 16 in the report; time inside the model call summed,
+per image) and batch-1 latency (warm-up, then many timed calls: median, p90,
+IQR). Accuracy comes from the project's one `evaluate`. Results are flat rows
+plus the environment; writing and rendering them is `report.publish`'s job.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def prepare(split: Split, batch_size: int) -> list[tuple[torch.Tensor, torch.Ten
     return list(batches(split, batch_size))
 
 
-def batch16_ms(predict: Predict, prepared: list, warmup: int,
-               clock: Callable[[], float] = time.perf_counter) -> float:
+def batch_ms(predict: Predict, prepared: list, warmup: int,
+             clock: Callable[[], float] = time.perf_counter) -> float:
     """The report's runtime: warm-up calls at batch 1, then time inside predict over all batches, per image."""
     x1 = prepared[0][0][:1]
     for _ in range(warmup):
@@ -220,24 +221,26 @@ def bench(
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
     steps = len(entries) + settings.rounds * len(live)
-    b16: dict[str, list[float]] = {e.name: [] for e in live}
+    batched: dict[str, list[float]] = {e.name: [] for e in live}
     b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
     for r in range(settings.rounds):
         for e in live:
             progress(f"timing round {r + 1}/{settings.rounds}: {e.name}")
-            b16[e.name].append(batch16_ms(e.variant.predict, timed, settings.warmup))
+            batched[e.name].append(batch_ms(e.variant.predict, timed, settings.warmup))
             b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls))
             step += 1
     for e in live:
         pooled = [t for round_times in b1[e.name] for t in round_times]
         rows[e.name].update(
-            b16_ms=statistics.median(b16[e.name]), b16_ms_min=min(b16[e.name]), b16_ms_max=max(b16[e.name]),
+            batch_ms=statistics.median(batched[e.name]), batch_ms_min=min(batched[e.name]),
+            batch_ms_max=max(batched[e.name]),
             b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
             b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
             images_latency=len(latency_split), rounds=settings.rounds,
         )
-        if baseline in b16:  # speed-ups from the same rounds, then the median
-            rows[e.name]["b16_speedup"] = statistics.median(a / b for a, b in zip(b16[baseline], b16[e.name]))
+        if baseline in batched:  # speed-ups from the same rounds, then the median
+            rows[e.name]["batch_speedup"] = statistics.median(
+                a / b for a, b in zip(batched[baseline], batched[e.name]))
             rows[e.name]["b1_speedup"] = statistics.median(
                 statistics.median(a) / statistics.median(b) for a, b in zip(b1[baseline], b1[e.name]))
         changed(rows[e.name])
@@ -247,8 +250,8 @@ def bench(
 
 
 ROW_FIELDS = [
-    "variant", "method", "type", "status", "top1_err", "top5_err", "b16_ms", "b16_ms_min", "b16_ms_max",
-    "b16_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
+    "variant", "method", "type", "status", "top1_err", "top5_err", "batch_ms", "batch_ms_min", "batch_ms_max",
+    "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
 ]
 
@@ -267,19 +270,15 @@ def _base_row(e: _Entry) -> dict:
     return row
 
 
-def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, results_dir: Path | None = None,
+def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings,
               on_progress: Callable[[str, int, int], None] | None = None,
-              on_row: Callable[[dict], None] | None = None):
-    """Measure a run's variants (all by default) and write results and the report beside them."""
-    from vggtool.data import load_split
-    from vggtool.report import check_writable, render_all, save_results
+              on_row: Callable[[dict], None] | None = None) -> dict:
+    """Measure a run's variants (all by default); returns the results, the run described as their subject."""
+    from vggtool.data import is_synthetic, load_split
 
-    results_dir = Path(results_dir) if results_dir else run.path / "results"
-    check_writable(results_dir)
     names = list(names) or run.variant_names()
     if not names:
         raise VggtoolError(f"no variants to measure in {run.variants_dir}: build them with `vggtool compress`")
-    from vggtool.data import is_synthetic
 
     test = Split(*load_split(data_dir, "test"))
     results = bench({n: run.variants_dir / n for n in names}, test, settings, on_progress, on_row)
@@ -287,6 +286,4 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, re
     results["subject"] = {"run": run.path.name, "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs,
                           "data": "synthetic stand-in" if is_synthetic(data_dir) else "CIFAR-100",
                           "test_images": len(test)}
-    save_results(results, results_dir)
-    render_all(results, results_dir)
-    return results, results_dir
+    return results

@@ -107,14 +107,14 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
 @click.option("--arch", default=None, help="vgg11_bn, vgg13_bn, vgg16_bn or vgg19_bn.")
 @click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = the report's).")
 @click.option("--dropout", type=float, default=None, help="Classifier dropout (the report's: 0.5).")
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--epochs", type=int, default=None, help="Training epochs (full: 100, quick: 15).")
+@click.option("--batch-size", type=int, default=None, help="Training batch (the report's: 128).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--weight-decay", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None, help="SGD weight decay (the report's: 5e-4).")
 @click.option("--schedule", default=None, help="multistep (the report's) or onecycle.")
 @click.option("--val-size", type=int, default=None, help="Training images held out for model selection.")
 @click.option("--train-subset", type=int, default=None, help="Use only this many training images (0 = all).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Seeds initialisation, the validation carve-out, order and augmentation.")
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--no-augment", "augment", flag_value=False, default=None, help="Turn augmentation off.")
 @click.option("--rotation", type=float, default=None, help="Augmentation rotation range in degrees (report: 15).")
@@ -131,6 +131,7 @@ def train(data_dir, run_dir, profile, resume, **overrides):
     from vggtool.console import TrainDisplay
     from vggtool.data import load_splits
     from vggtool.paths import mark_latest, runs_dir
+    from vggtool.runs import Run
     from vggtool.train import saved_config
     from vggtool.train import train as run_training
 
@@ -148,7 +149,7 @@ def train(data_dir, run_dir, profile, resume, **overrides):
     mark_latest(run_dir)
     if result.best_val is not None:
         console.print(f"best epoch {result.best_epoch + 1}: validation top-1 error {result.best_val.top1_err:.4f}")
-    console.print(f"baseline: {run_dir / 'best.safetensors'}")
+    console.print(f"baseline: {Run(run_dir).baseline}")
 
 
 @main.command()
@@ -157,8 +158,9 @@ def train(data_dir, run_dir, profile, resume, **overrides):
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A model file instead of the run's baseline (.safetensors, or .pth with --trust-pickle).")
 @click.option("--variant", default=None, help="A compressed variant of the run (see `vggtool compress --list`).")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
-@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="test: the official test images; val: the run's held-out validation images.")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Images per forward pass (speed only).")
 @click.option("--trust-pickle", is_flag=True,
               help="Read a .pth on torch < 2.10, whose unpickler can run code even with weights_only=True.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
@@ -166,7 +168,7 @@ def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pi
     """Top-1 and top-5 error of the baseline, a variant or any checkpoint."""
     from vggtool.console import table
     from vggtool.evaluate import evaluate as run_eval
-    from vggtool.runs import evaluation_target
+    from vggtool.targets import evaluation_target
 
     if batch_size <= 0:
         raise VggtoolError("batch-size must be positive")
@@ -198,8 +200,6 @@ def _build(recipe, data_dir, run_dir, checkpoint, from_variant, name, force, tru
     from vggtool.compress import compress
     from vggtool.runs import Run
 
-    if checkpoint is not None and from_variant is not None:
-        raise VggtoolError("pass either --checkpoint or --from-variant, not both")
     run = Run.open(run_dir)
     name = name or (f"{from_variant}+{recipe.name}" if from_variant else recipe.name)
     with console.status(f"building {name} ..."):
@@ -226,7 +226,8 @@ def _print_variants(run, metas):
 @click.option("--per-tensor", is_flag=True, help="Static: per-tensor weight observers (default per-channel, the report's).")
 @click.option("--calib-size", type=int, default=1000, show_default=True,
               help="Static: validation images used for calibration (never test images).")
-@click.option("--calib-seed", type=int, default=0, show_default=True)
+@click.option("--calib-seed", type=int, default=0, show_default=True,
+              help="Static: seed choosing which validation images calibrate.")
 @variant_options
 def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_size, calib_seed, **common):
     """Post-training quantization: `--dynamic --dtype int8|float16` or `--static [--fuse]`.
@@ -235,7 +236,7 @@ def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_
       vggtool quantize --static --fuse        # the report's best variant
       vggtool quantize --dynamic --dtype float16
     """
-    from vggtool.compress import DynamicQuant, StaticQuant
+    from vggtool.compress.quant_torch import DynamicQuant, StaticQuant
 
     if dynamic == static:
         raise VggtoolError("choose exactly one of --static or --dynamic")
@@ -257,11 +258,12 @@ def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_
 @click.option("--linear-amount", type=float, default=0.0, show_default=True, help="Fraction of Linear weights.")
 @click.option("--finetune-epochs", type=int, default=0, show_default=True,
               help="Retrain this many epochs with the pruning mask held fixed.")
-@click.option("--finetune-lr", type=float, default=0.01, show_default=True)
+@click.option("--finetune-lr", type=float, default=0.01, show_default=True,
+              help="Peak learning rate of the one-cycle fine-tuning schedule.")
 @variant_options
 def prune_cmd(scope, amount, linear_amount, finetune_epochs, finetune_lr, **common):
     """L1 unstructured pruning made permanent: `--global` or `--local`, `--amount 0.6`."""
-    from vggtool.compress import L1Prune
+    from vggtool.compress.pruning import L1Prune
 
     if scope is None:
         raise VggtoolError("choose --global or --local")
@@ -270,17 +272,17 @@ def prune_cmd(scope, amount, linear_amount, finetune_epochs, finetune_lr, **comm
 
 @main.command(name="export")
 @click.option("--onnx", "onnx_", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
-@click.option("--opset", type=int, default=15, show_default=True)
+@click.option("--opset", type=int, default=15, show_default=True, help="ONNX opset (the report's: 15; 7-21).")
 @variant_options
 def export_cmd(onnx_, opset, **common):
     """ONNX export with a dynamic batch axis, checked, with a parity check against torch."""
-    from vggtool.compress import OnnxExport
+    from vggtool.compress.onnx_export import OnnxExport
 
     _build(OnnxExport(opset), **common)
 
 
 @main.command(name="compress")
-@click.option("--variant", "names", multiple=True, help="Build only these (repeatable) [default: all eight].")
+@click.option("--variant", "names", multiple=True, help="Build only these (repeatable) [default: every registered one].")
 @click.option("--list", "list_", is_flag=True, help="List the registered variants and exit.")
 @click.option("--force", is_flag=True, help="Rebuild variants that already exist.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -289,15 +291,17 @@ def export_cmd(onnx_, opset, **common):
 @data_dir_option
 @run_dir_option
 def compress_cmd(names, list_, force, checkpoint, trust_pickle, data_dir, run_dir):
-    """Build every variant of the report in one go (baseline, dynamic fp16/int8,
-    static int8 with and without fusion, global/local pruning at 0.6, ONNX)."""
+    """Build the registered variants in one go: by default every one, which
+    includes the report's eight (baseline, dynamic fp16/int8, static int8 with
+    and without fusion, global/local pruning at 0.6, ONNX). `--list` shows them.
+    """
     from vggtool.compress import REGISTRY, compress, lookup
     from vggtool.console import table
     from vggtool.runs import Run
 
     if list_:
-        console.print(table("registered variants", ["name", "recipe"],
-                            [[n, repr(r)] for n, r in REGISTRY.items()]))
+        console.print(table("registered variants", ["name", "produces", "method", "type"],
+                            [[n, r.output.value, *r.label] for n, r in REGISTRY.items()]))
         return
     recipes = {n: lookup(n) for n in (names or REGISTRY)}
     run = Run.open(run_dir)
@@ -338,7 +342,7 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
 
     from vggtool.bench import BenchSettings, bench_run, parse_cpus
     from vggtool.console import progress
-    from vggtool.report import console_table
+    from vggtool.report import check_writable, console_table, publish
     from vggtool.runs import Run
 
     if latency_images is None:
@@ -348,12 +352,14 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
                              engine)
     run = Run.open(run_dir)
+    folder = results_dir or run.results_dir
+    check_writable(folder)  # before minutes of measuring, not after
     rows: dict[str, dict] = {}
     bar = progress(console)
     task = bar.add_task("bench", total=None, info="")
 
     def view():
-        return Group(console_table({"rows": list(rows.values())}), bar)
+        return Group(console_table({"settings": {"batch_size": settings.batch_size}, "rows": list(rows.values())}), bar)
 
     with Live(view(), console=console, refresh_per_second=4, transient=True) as live:
         def on_progress(message, step, steps):
@@ -364,10 +370,10 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
             rows[row["variant"]] = row
             live.update(view())
 
-        results, folder = bench_run(run, data_dir or default_data_dir(), names, settings, results_dir,
-                                    on_progress, on_row)
+        results = bench_run(run, data_dir or default_data_dir(), names, settings, on_progress, on_row)
+    written = publish(results, folder)
     console.print(console_table(results))
-    console.print(f"results: {folder}/results.json, results.csv, REPORT.md, plots")
+    console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 @main.command(name="report")
@@ -381,7 +387,7 @@ def report_cmd(run_dir, results_dir, copy_to):
     from vggtool.report import console_table, load_results, render_all
     from vggtool.runs import Run
 
-    folder = results_dir or Run.open(run_dir).path / "results"
+    folder = results_dir or Run.open(run_dir).results_dir
     results = load_results(folder)
     written = render_all(results, folder, copy_to)
     console.print(console_table(results))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggtool.data import MEAN, STD
 from vggtool.errors import VggtoolError
+
+# What the exported graph expects; a deployer finds it in meta.json and in the
+# ONNX file's own metadata (onnx.load(path).metadata_props).
+INPUT_CONTRACT = {
+    "name": "input",
+    "layout": "NCHW",
+    "shape": ["batch", 3, 32, 32],
+    "dtype": "float32",
+    "channel_order": "RGB",
+    "preprocessing": "pixels / 255, then (x - mean) / std per channel",
+    "mean": list(MEAN),
+    "std": list(STD),
+    "output": "logits [batch, num_classes] (no softmax)",
+}
 
 
 def to_onnx(model: nn.Module, path: Path, opset: int = 15) -> None:
@@ -33,7 +49,10 @@ def to_onnx(model: nn.Module, path: Path, opset: int = 15) -> None:
                               do_constant_folding=True, **kwargs)
         except Exception as e:
             raise VggtoolError(f"ONNX export failed at opset {opset}: {e}") from None
-    onnx.checker.check_model(onnx.load(str(path)))
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {f"vggtool.input.{k}": json.dumps(v) for k, v in INPUT_CONTRACT.items()})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def ort_session(path: Path, threads: int = 0):

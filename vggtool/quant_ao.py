@@ -1,8 +1,9 @@
 """Eager-mode post-training quantization through torch.ao.quantization.
 
-Everything that touches torch.ao sits in this module, behind two functions
-(`dynamic` and `static`), so the backend can be swapped when PyTorch removes
-torch.ao.quantization. Its deprecation warnings are silenced here only.
+Everything that touches torch.ao sits in this module, behind a few functions
+(`dynamic`; `static`, which is `prepare_static`, calibration, then `convert`),
+so the backend can be swapped when PyTorch removes torch.ao.quantization. Its
+deprecation warnings are silenced here only.
 """
 
 from __future__ import annotations
@@ -67,19 +68,11 @@ def _fuse(features: nn.Sequential, with_relu: bool) -> None:
     fuse_modules(features, groups, inplace=True)
 
 
-def static(
-    model: nn.Module,
-    *,
-    fuse: bool,
-    fuse_relu: bool,
-    engine: str,
-    per_channel: bool,
-    calibrate: Callable[[nn.Module], None] | None,
-) -> nn.Module:
-    """Static int8: Sequential(QuantStub, model, DeQuantStub), observers, calibration, convert.
+def prepare_static(model: nn.Module, *, fuse: bool, fuse_relu: bool, engine: str, per_channel: bool) -> nn.Module:
+    """Sequential(QuantStub, model, DeQuantStub) with observers in place, ready for calibration.
 
-    With `calibrate=None` the observers see no data: that builds the module
-    skeleton into which a saved quantized state_dict is loaded.
+    A copy of `model` is prepared; the original stays float. Calibrate (or,
+    for QAT, train) the result, then `convert` it.
     """
     from torch.ao import quantization as q
 
@@ -93,11 +86,37 @@ def static(
         weight = q.default_per_channel_weight_observer if per_channel else q.default_weight_observer
         wrapped.qconfig = q.QConfig(activation=base.activation, weight=weight)
         q.prepare(wrapped, inplace=True)
-        if calibrate is not None:
-            with torch.inference_mode():
-                calibrate(wrapped)
-        q.convert(wrapped, inplace=True)
     return wrapped
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """Replace observed modules by quantized kernels, with the scales the observers saw."""
+    from torch.ao import quantization as q
+
+    with _quiet():
+        q.convert(prepared.eval(), inplace=True)
+    return prepared
+
+
+def static(
+    model: nn.Module,
+    *,
+    fuse: bool,
+    fuse_relu: bool,
+    engine: str,
+    per_channel: bool,
+    calibrate: Callable[[nn.Module], None] | None,
+) -> nn.Module:
+    """Static int8: prepare, calibrate, convert.
+
+    With `calibrate=None` the observers see no data: that builds the module
+    skeleton into which a saved quantized state_dict is loaded.
+    """
+    prepared = prepare_static(model, fuse=fuse, fuse_relu=fuse_relu, engine=engine, per_channel=per_channel)
+    if calibrate is not None:
+        with torch.inference_mode(), _quiet():
+            calibrate(prepared)
+    return convert(prepared)
 
 
 def quantized_modules(model: nn.Module) -> list[str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
+from itertools import product
 from pathlib import Path
 
 from rich.console import Console
@@ -33,6 +35,10 @@ PUBLISHED = {
     "onnx-fp32": (0.323, 0.119, 17.32, 157.47),
 }
 REPORT_ORDER = list(PUBLISHED)
+
+# Rows written before the batch size was an option named the batched figures after the default batch of 16.
+RENAMED = {"b16_ms": "batch_ms", "b16_ms_min": "batch_ms_min", "b16_ms_max": "batch_ms_max",
+           "b16_speedup": "batch_speedup"}
 
 
 def _fmt(value, spec: str) -> str:
@@ -59,9 +65,15 @@ def variant_figure_rows(metas: dict[str, dict]):
 
 
 # ---------------------------------------------------------------- results files
-def save_results(results: dict, folder: Path) -> None:
-    """results.json and results.csv, each written atomically."""
+def upgrade(results: dict) -> dict:
+    """`results` with its rows in the current field names, so files from older versions keep rendering."""
+    return {**results, "rows": [{RENAMED.get(k, k): v for k, v in row.items()} for row in results["rows"]]}
+
+
+def save_results(results: dict, folder: Path) -> list[Path]:
+    """results.json and results.csv, each written atomically; returns their paths."""
     folder = Path(folder)
+    results = upgrade(results)
     write_json(folder / RESULTS_JSON, results)
     buf = io.StringIO()
     env = results["environment"]
@@ -71,6 +83,7 @@ def save_results(results: dict, folder: Path) -> None:
         writer.writerow({**row, "cpu_model": env.get("cpu_model"), "torch": env.get("torch"),
                          "onnxruntime": env.get("onnxruntime"), "date": env.get("date")})
     write_text(folder / RESULTS_CSV, buf.getvalue())
+    return [folder / RESULTS_JSON, folder / RESULTS_CSV]
 
 
 def load_results(folder: Path) -> dict:
@@ -79,10 +92,23 @@ def load_results(folder: Path) -> dict:
         raise VggtoolError(f"no {RESULTS_JSON} in {folder}: run `vggtool bench` first")
     try:
         results = json.loads(path.read_text())
-        assert isinstance(results["rows"], list) and isinstance(results["environment"], dict)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VggtoolError(f"{path} cannot be parsed ({type(e).__name__}: {e}); it was left untouched") from None
-    return results
+    problem = _shape_problem(results)
+    if problem:
+        raise VggtoolError(f"{path} cannot be parsed ({problem}); it was left untouched")
+    return upgrade(results)
+
+
+def _shape_problem(results) -> str | None:
+    if not isinstance(results, dict):
+        return "not a JSON object"
+    if not isinstance(results.get("rows"), list) or not all(isinstance(r, dict) for r in results["rows"]):
+        return '"rows" is not a list of objects'
+    for key in ("environment", "settings"):
+        if not isinstance(results.get(key), dict):
+            return f'"{key}" is not an object'
+    return None
 
 
 def check_writable(folder: Path) -> None:
@@ -96,17 +122,24 @@ def ordered(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (rank.get(r["variant"], len(rank)), r["variant"]))
 
 
+def _rows(results: dict) -> list[dict]:
+    """The rows every view shows: current field names, the report's order."""
+    return ordered(upgrade(results)["rows"])
+
+
 # ---------------------------------------------------------------- console
 def console_table(results: dict) -> Table:
-    t = Table(title="vggtool bench: error, ms/image at batch 16 and 1 (x = speed-up over baseline), size",
+    size = results["settings"]["batch_size"]
+    t = Table(title=f"vggtool bench: error, ms/image at batch {size} and 1 (x = speed-up over baseline), size",
               caption="b1 ms is the median of the batch-1 calls")
-    columns = ["variant", "top-1", "top-5", "b16 ms", "b16 x", "b1 ms", "b1 p90", "b1 x", "MB", "status"]
+    rows = _rows(results)
+    columns = ["variant", "top-1", "top-5", f"b{size} ms", f"b{size} x", "b1 ms", "b1 p90", "b1 x", "MB", "status"]
     for i, c in enumerate(columns):
-        extra = {"no_wrap": True, "min_width": max([7] + [len(r["variant"]) for r in results["rows"]])} if i == 0 else {}
+        extra = {"no_wrap": True, "min_width": max([7] + [len(r["variant"]) for r in rows])} if i == 0 else {}
         t.add_column(c, justify="left" if i in (0, 9) else "right", **extra)
-    for r in ordered(results["rows"]):
-        t.add_row(r["variant"], _fmt(r["top1_err"], ".4f"), _fmt(r["top5_err"], ".4f"), _fmt(r["b16_ms"], ".2f"),
-                  _fmt(r.get("b16_speedup"), ".2f"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
+    for r in rows:
+        t.add_row(r["variant"], _fmt(r["top1_err"], ".4f"), _fmt(r["top5_err"], ".4f"), _fmt(r["batch_ms"], ".2f"),
+                  _fmt(r.get("batch_speedup"), ".2f"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
                   _fmt(r.get("b1_speedup"), ".2f"), _fmt(r["size_mb"], ".2f"), r["status"])
     return t
 
@@ -126,19 +159,20 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> str
 
 def render_markdown(results: dict) -> str:
     env, settings = results["environment"], results["settings"]
-    rows = ordered(results["rows"])
+    batch = f"b{settings['batch_size']}"
+    rows = _rows(results)
     ok = [r for r in rows if r["status"] == "ok"]
     main = _md_table(
         ["Method", "Type", "Top1err", "Top5err", "Runtime (ms)", "Model size (MB)"],
-        [[r["method"], r["type"], _fmt(r["top1_err"], ".3f"), _fmt(r["top5_err"], ".3f"), _fmt(r["b16_ms"], ".2f"),
+        [[r["method"], r["type"], _fmt(r["top1_err"], ".3f"), _fmt(r["top5_err"], ".3f"), _fmt(r["batch_ms"], ".2f"),
           _fmt(r["size_mb"], ".2f")] for r in ok],
         ["-", "-", ":-:", ":-:", ":-:", ":-:"],
     )
     latency = _md_table(
-        ["Variant", "ms/image b16 (min-max)", "Speed-up b16", "Batch-1 median ms", "p90", "IQR", "Speed-up b1",
-         "File MB", "zlib MB", "Sparsity conv / all"],
-        [[r["variant"], f"{_fmt(r['b16_ms'], '.2f')} ({_fmt(r['b16_ms_min'], '.2f')}-{_fmt(r['b16_ms_max'], '.2f')})",
-          _fmt(r.get("b16_speedup"), ".2f") + "x", _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
+        ["Variant", f"ms/image {batch} (min-max)", f"Speed-up {batch}", "Batch-1 median ms", "p90", "IQR",
+         "Speed-up b1", "File MB", "zlib MB", "Sparsity conv / all"],
+        [[r["variant"], f"{_fmt(r['batch_ms'], '.2f')} ({_fmt(r['batch_ms_min'], '.2f')}-{_fmt(r['batch_ms_max'], '.2f')})",
+          _fmt(r.get("batch_speedup"), ".2f") + "x", _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
           _fmt(r["b1_ms_iqr"], ".2f"), _fmt(r.get("b1_speedup"), ".2f") + "x", _fmt(r["file_mb"], ".2f"),
           _fmt(r["compressed_mb"], ".2f"), f"{_fmt(r['sparsity_conv'], '.3f')} / {_fmt(r['sparsity_all'], '.3f')}"]
          for r in ok],
@@ -148,7 +182,7 @@ def render_markdown(results: dict) -> str:
         ["Variant", "Top1err ours / published", "Top5err ours / published", "Runtime ms ours / published",
          "Size MB ours / published"],
         [[r["variant"]] + [f"{_fmt(r[k], spec)} / {_fmt(p, spec)}" for k, spec, p in zip(
-            ("top1_err", "top5_err", "b16_ms", "size_mb"), (".3f", ".3f", ".2f", ".2f"), PUBLISHED[r["variant"]])]
+            ("top1_err", "top5_err", "batch_ms", "size_mb"), (".3f", ".3f", ".2f", ".2f"), PUBLISHED[r["variant"]])]
          for r in ok if r["variant"] in PUBLISHED],
         ["-"] + [":-:"] * 4,
     )
@@ -187,6 +221,14 @@ def render_markdown(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- plots
+DPI = 110  # figures are laid out at the resolution they are saved at, so measured label boxes hold in the PNG
+MARKER_PT = 5  # radius kept clear around each point: the Pareto ring's
+LABEL_GAP_PX = 2
+LEADER_PT = 12  # a label placed further than this from its point gets a leader line
+# Text alignment, by the sign of a label's offset, that keeps the label on that side of its point.
+HA, VA = {-1: "right", 0: "center", 1: "left"}, {-1: "top", 0: "center", 1: "bottom"}
+
+
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """Points not beaten on both latency and error, sorted by latency."""
     front, best = [], float("inf")
@@ -197,29 +239,126 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
     return front
 
 
-def plot(results: dict, folder: Path) -> list[Path]:
-    import matplotlib
+def _figure():
+    # A bare Figure on the Agg canvas: no pyplot state, no GUI backend, nothing to close.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(7, 4.5), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
-    rows = [r for r in ordered(results["rows"]) if r["status"] == "ok"]
-    folder = Path(folder)
-    points = [(r["b16_ms"], r["top1_err"], r["variant"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([p[0] for p in points], [p[1] for p in points])
-    for x, y, name in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+
+def error_vs_latency(results: dict):
+    """The trade-off figure and its point labels (returned so that their placement can be checked)."""
+    points = [(r["batch_ms"], r["top1_err"], r["variant"]) for r in _rows(results) if r["status"] == "ok"]
+    fig, ax = _figure()
+    latencies = [x for x, _, _ in points]
+    ax.scatter(latencies, [y for _, y, _ in points])
     front = pareto(points)
-    ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=10, label="Pareto front")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=2 * MARKER_PT, label="Pareto front")
+    if latencies and max(latencies) > 10 * min(latencies):  # a linear axis would crowd the fast variants against 0
+        from matplotlib.ticker import LogLocator
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # decades alone leave few ticks to read values by
+        ax.xaxis.set_major_formatter("{x:g}")
     ax.set_xlabel(f"ms / image (batch {results['settings']['batch_size']})")
     ax.set_ylabel("top-1 error")
+    ax.ticklabel_format(axis="y", useOffset=False)  # errors all near one value must not read as "+9.9e-1"
     ax.set_title("Error vs latency")
-    ax.legend()
+    legend = ax.legend()
     fig.tight_layout()
-    out = [folder / PLOT_TRADEOFF, folder / PLOT_SIZE]
-    _save(fig, out[0])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig.canvas.draw()  # settles limits, layout and the legend's place before labels are measured against them
+    renderer = fig.canvas.get_renderer()
+    # "best" placement would move the legend off the labels and onto the points: keep it where it is now.
+    legend.set_loc(tuple(legend.get_window_extent(renderer).transformed(ax.transAxes.inverted()).p0))
+    return fig, place_labels(ax, points, renderer, avoid=[legend.get_window_extent(renderer)])
+
+
+def _trace(xy, step_px: float = 2.0):
+    """Points every `step_px` along a polyline in display coordinates, as (xs, ys): which boxes does it cross?"""
+    import numpy as np
+
+    pieces = [xy[:1]]
+    for a, b in zip(xy[:-1], xy[1:]):
+        n = max(1, int(np.hypot(*(b - a)) / step_px))
+        pieces.append(a + (b - a) * np.linspace(0, 1, n + 1)[1:, None])
+    return np.concatenate(pieces).T
+
+
+def _offsets(reach_pt: int = 100, step_pt: int = 4) -> list[tuple[int, int]]:
+    """Where a label may go, in points from its point: nearest first; on a tie right before left, up before down."""
+    n = reach_pt // step_pt
+    grid = [(dx * step_pt, dy * step_pt) for dx, dy in product(range(-n, n + 1), repeat=2) if dx or dy]
+    return sorted(grid, key=lambda o: (math.hypot(*o), -o[0], -o[1]))
+
+
+def _sign(v: float) -> int:
+    return (v > 0) - (v < 0)
+
+
+def _overlap(a, b) -> float:
+    """Area shared by two boxes given as (x0, y0, x1, y1)."""
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _label_box(anchor, size, offset_pt, px: float) -> tuple[float, float, float, float]:
+    """The box, with the gap around it, of a text of `size` placed `offset_pt` from `anchor` and aligned to that
+    side (HA, VA). Arithmetic: measuring the text at each of thousands of offsets would take seconds."""
+    (w, h), (dx, dy) = size, offset_pt
+    x0 = anchor[0] + dx * px - w * (1 - _sign(dx)) / 2 - LABEL_GAP_PX
+    y0 = anchor[1] + dy * px - h * (1 - _sign(dy)) / 2 - LABEL_GAP_PX
+    return x0, y0, x0 + w + 2 * LABEL_GAP_PX, y0 + h + 2 * LABEL_GAP_PX
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], renderer, avoid=()) -> list:
+    """Annotate each point where its text covers no other label, marker or line, nothing in `avoid`, and stays
+    inside the axes; the nearest such spot wins. A label moved off its point gets a thin leader line."""
+    import numpy as np
+
+    px = renderer.points_to_pixels(1)
+    centres = ax.transData.transform([(x, y) for x, y, _ in points])
+    r = MARKER_PT * px
+    taken = [(cx - r, cy - r, cx + r, cy + r) for cx, cy in centres] + [tuple(b.extents) for b in avoid]
+    lines = [_trace(line.get_transform().transform(line.get_xydata())) for line in ax.get_lines()]
+    frame = tuple(ax.get_window_extent(renderer).extents)
+    offsets = _offsets()
+
+    def clash(box):
+        x0, y0, x1, y1 = box
+        outside = (x1 - x0) * (y1 - y0) - _overlap(box, frame)
+        crossed = sum(np.count_nonzero((xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)) for xs, ys in lines)
+        return outside + crossed + sum(_overlap(box, t) for t in taken)
+
+    labels = []
+    for (x, y, name), (cx, cy) in zip(points, centres):
+        label = ax.annotate(name, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=8)
+        size = label.get_window_extent(renderer).size
+        best = None
+        for offset in offsets:
+            cost = clash(_label_box((cx, cy), size, offset, px))
+            if best is None or cost < best[0]:
+                best = (cost, offset)
+            if cost == 0:
+                break
+        offset = best[1]  # when no spot is free, the least covered one
+        label.xyann = offset
+        label.set_horizontalalignment(HA[_sign(offset[0])])
+        label.set_verticalalignment(VA[_sign(offset[1])])
+        taken.append(_label_box((cx, cy), size, offset, px))
+        if math.hypot(*offset) > LEADER_PT:
+            ax.annotate("", (x, y), xytext=offset, textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": MARKER_PT})
+            lines.append(_trace(np.array([(cx, cy), (cx + offset[0] * px, cy + offset[1] * px)])))  # keep others off it
+        labels.append(label)
+    return labels
+
+
+def size_chart(results: dict):
+    rows = [r for r in _rows(results) if r["status"] == "ok"]
+    fig, ax = _figure()
     ax.barh([r["variant"] for r in rows], [r["size_mb"] for r in rows], label="size (MB)")
     ax.barh([r["variant"] for r in rows], [r["compressed_mb"] for r in rows], alpha=0.6, label="zlib-compressed file")
     ax.invert_yaxis()
@@ -227,14 +366,19 @@ def plot(results: dict, folder: Path) -> list[Path]:
     ax.set_title("Model size per variant")
     ax.legend()
     fig.tight_layout()
-    _save(fig, out[1])
-    plt.close("all")
+    return fig
+
+
+def plot(results: dict, folder: Path) -> list[Path]:
+    out = [Path(folder) / PLOT_TRADEOFF, Path(folder) / PLOT_SIZE]
+    _save(error_vs_latency(results)[0], out[0])
+    _save(size_chart(results), out[1])
     return out
 
 
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png")
     write_bytes(path, buf.getvalue())
 
 
@@ -249,3 +393,8 @@ def render_all(results: dict, folder: Path, copy_to: Path | None = None) -> list
             if path.exists():
                 shutil.copyfile(path, Path(copy_to) / path.name)
     return written
+
+
+def publish(results: dict, folder: Path, copy_to: Path | None = None) -> list[Path]:
+    """Write results.json and results.csv, then render REPORT.md and the plots; returns the paths written."""
+    return save_results(results, folder) + render_all(results, folder, copy_to)

@@ -1,4 +1,8 @@
-"""A run directory and what lives in it: config, checkpoints, variants, results."""
+"""A run directory and what lives in it: config, checkpoints, variants, results.
+
+The file names of a run are defined here and nowhere else; training writes
+them, every later phase reads them through `Run`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from vggtool.data import Splits, load_splits
 from vggtool.errors import VggtoolError
 from vggtool.files import read_json
 from vggtool.paths import resolve_run_dir
-from vggtool.train import BEST, CONFIG
 
-VARIANTS = "variants"
+LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
+VARIANTS, RESULTS = "variants", "results"
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,16 @@ class Run:
         return self.path / BEST
 
     @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
     def variants_dir(self) -> Path:
         return self.path / VARIANTS
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path / RESULTS
 
     def config(self) -> TrainConfig:
         if not (self.path / CONFIG).exists():
@@ -46,15 +58,13 @@ class Run:
             return []
         return sorted(p.name for p in self.variants_dir.iterdir() if (p / "meta.json").exists())
 
-
-def baseline_file(run: Run | None, checkpoint_path: Path | None) -> Path:
-    """The checkpoint to start from: an explicit file, else the run's best."""
-    if checkpoint_path is not None:
-        return Path(checkpoint_path)
-    assert run is not None
-    if not run.baseline.exists():
-        raise VggtoolError(f"{run.path} has no baseline {BEST}: train first or pass --checkpoint")
-    return run.baseline
+    def baseline_file(self, checkpoint_path: Path | None = None) -> Path:
+        """The checkpoint to start from: an explicit file, else the run's best."""
+        if checkpoint_path is not None:
+            return Path(checkpoint_path)
+        if not self.baseline.exists():
+            raise VggtoolError(f"{self.path} has no baseline {BEST}: train first or pass --checkpoint")
+        return self.baseline
 
 
 def import_checkpoint(src: Path, run_dir: Path, trust_pickle: bool = False) -> Path:
@@ -69,39 +79,3 @@ def import_checkpoint(src: Path, run_dir: Path, trust_pickle: bool = False) -> P
     checkpoint.save(dest, model.state_dict(), {"kind": "model", "spec": spec.to_dict(),
                                                "imported_from": str(src), "source_sha256": checkpoint.sha256(src)})
     return dest
-
-
-@dataclass(frozen=True)
-class Target:
-    """Something to evaluate: a predict function and how to read its data."""
-
-    name: str
-    predict: object
-    run: Run | None
-
-    def batches(self, data_dir: Path, split: str, batch_size: int):
-        from vggtool.data import Split, batches, load_split
-
-        if split == "test":  # the test split needs no run config
-            return batches(Split(*load_split(data_dir, "test")), batch_size)
-        splits = self.run.splits(data_dir) if self.run else load_splits(data_dir)
-        return batches(splits.get(split), batch_size)
-
-
-def evaluation_target(run_dir: Path | None, checkpoint_path: Path | None, variant: str | None,
-                      trust_pickle: bool = False) -> Target:
-    from vggtool.evaluate import torch_predict
-
-    if checkpoint_path is not None and variant is not None:
-        raise VggtoolError("pass either --checkpoint or --variant, not both")
-    if checkpoint_path is not None:
-        run = Run.open(run_dir) if run_dir is not None else None
-        model, _, _ = checkpoint.load_model(checkpoint_path, None, trust_pickle)
-        return Target(Path(checkpoint_path).name, torch_predict(model), run)
-    run = Run.open(run_dir)
-    if variant is not None and variant != "baseline":
-        from vggtool.compress import load_predict
-
-        return Target(variant, load_predict(run.variants_dir / variant), run)
-    model, _, _ = checkpoint.load_model(baseline_file(run, None))
-    return Target("baseline", torch_predict(model), run)

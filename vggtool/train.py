@@ -12,7 +12,8 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,8 +27,11 @@ from vggtool.errors import VggtoolError
 from vggtool.evaluate import EvalResult, evaluate, torch_predict
 from vggtool.files import write_json, write_text
 from vggtool.models import ArchSpec, build_model, check_compatible
+from vggtool.runs import BEST, CONFIG, LAST, METRICS
 
-LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.json", "metrics.jsonl"
+# An extra loss term added to cross-entropy, from the (augmented) inputs and
+# the model's logits: distillation from a teacher, a sparsity penalty.
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Observer(Protocol):
@@ -198,8 +202,9 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 
 
 def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scaler=None,
-                    observer: Observer | None = None) -> dict:
-    """One pass over `split` with the schedule of `cfg`; returns the epoch's statistics."""
+                    observer: Observer | None = None, extra_loss: ExtraLoss | None = None) -> dict:
+    """One pass over `split` with the schedule of `cfg`; returns the epoch's statistics.
+    `extra_loss(x, logits)`, if given, is added to the cross-entropy."""
     observer = observer or Silent()
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
@@ -222,6 +227,8 @@ def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scale
         with torch.autocast("cuda", dtype=torch.float16) if on_cuda else contextlib.nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(x, logits)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -234,3 +241,43 @@ def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scale
     seconds = time.perf_counter() - t0
     return {"lr": lr, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
             "images_per_s": seen / seconds, "seconds": seconds}
+
+
+def finetune_config(cfg: TrainConfig, epochs: int, lr: float) -> TrainConfig:
+    """A run's training settings turned into a fine-tuning schedule: `epochs` of
+    one-cycle peaking at `lr`, contiguous memory (pruning masks are hooks on the
+    weights and keep their own layout)."""
+    return replace(cfg, epochs=epochs, lr=lr, schedule="onecycle", warmup_epochs=0, channels_last=False)
+
+
+def finetune(model, train_split, cfg: TrainConfig, *, val_split=None, extra_loss: ExtraLoss | None = None,
+             observer: Observer | None = None) -> dict:
+    """Fine-tune `model` in place: SGD with `cfg`'s momentum and weight decay,
+    `cfg`'s schedule over `cfg.epochs`, on the training split only.
+
+    With a non-empty `val_split` the best epoch on it is kept (the test split
+    never chooses). Used by every recipe that fine-tunes. Returns what happened.
+    """
+    if len(train_split) < cfg.batch_size:
+        raise VggtoolError(f"fine-tuning needs at least one batch of {cfg.batch_size} training images, "
+                           f"got {len(train_split)}")
+    device = pick_device(cfg.device)
+    model.to(device)
+    optimizer = _optimizer(model, cfg)
+    split = type(train_split)(train_split.images.to(device), train_split.labels.to(device))
+    history, best, best_state = [], None, None
+    for epoch in range(cfg.epochs):
+        stats = train_one_epoch(model, optimizer, split, cfg, epoch, observer=observer, extra_loss=extra_loss)
+        record = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"]}
+        if val_split is not None and len(val_split):
+            record["val_top1_err"] = evaluate(torch_predict(model, device),
+                                              batches(val_split, cfg.eval_batch_size, device=device)).top1_err
+            if best is None or record["val_top1_err"] < best["val_top1_err"]:
+                best = record
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.cpu().eval()
+    return {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "history": history,
+            "best_epoch": best["epoch"] if best else cfg.epochs - 1}

@@ -1,0 +1,62 @@
+"""Compression recipes: typed, registered where they are defined, applied by one
+function, saved as reloadable variant folders that record their parent chain.
+
+Every module of this package is imported here, so a family module (its recipe
+dataclasses and their `apply`/`skeleton` handlers) is all a new in-tree recipe
+needs; recipes from other packages register through the `vggtool.recipes`
+entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from importlib.metadata import entry_points
+
+from vggtool.compress.artifact import (
+    META_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    Variant,
+    build_variant,
+    load_variant,
+    model_figures,
+    read_meta,
+    source_from_checkpoint,
+    source_from_variant,
+    sparsity,
+    state_dict_mb,
+    versions,
+)
+from vggtool.compress.base import (
+    RECIPE_TYPES,
+    REGISTRY,
+    Built,
+    Context,
+    Output,
+    Recipe,
+    Source,
+    Tolerance,
+    apply,
+    lookup,
+    recipe_from_dict,
+    register,
+    skeleton,
+)
+from vggtool.compress.run import compress, run_context
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+for _plugin in entry_points(group="vggtool.recipes"):
+    try:
+        _plugin.load()
+    except Exception as _e:  # a broken plugin must not take the built-in recipes down with it
+        warnings.warn(f"recipe plugin {_plugin.name} ({_plugin.value}) failed to load: {_e}", stacklevel=1)
+
+__all__ = [
+    "META_FILE", "MODEL_FILE", "ONNX_FILE", "RECIPE_TYPES", "REGISTRY", "Built", "Context", "Output", "Recipe",
+    "Source", "Tolerance", "Variant", "apply", "build_variant", "compress", "load_variant", "lookup",
+    "model_figures", "read_meta", "recipe_from_dict", "register", "run_context", "skeleton",
+    "source_from_checkpoint", "source_from_variant", "sparsity", "state_dict_mb", "versions",
+]

@@ -1,0 +1,184 @@
+"""Variant folders: written atomically, read back, measured. Knows no recipe family.
+
+A variant folder holds `model.safetensors` (float or quantized output) or
+`model.onnx` (ONNX output), and `meta.json`: the recipe, what it produces, the
+architecture, the parent chain with sha256, library versions, the quantized
+engine and the figures known at build time. `load_variant` turns any variant
+back into a predict function; how follows from the recipe's declared output.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vggtool import checkpoint, export
+from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, recipe_from_dict, skeleton
+from vggtool.errors import VggtoolError
+from vggtool.evaluate import Predict, torch_predict
+from vggtool.files import atomic_dir, read_json, write_json
+from vggtool.models import ArchSpec
+
+MODEL_FILE, ONNX_FILE, META_FILE = "model.safetensors", "model.onnx", "meta.json"
+
+
+# ---------------------------------------------------------------- figures
+def state_dict_mb(model: nn.Module) -> float:
+    """The report's size: bytes of torch.save(state_dict), measured in memory, / 1e6."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell() / 1e6
+
+
+def file_figures(path: Path) -> dict:
+    data = Path(path).read_bytes()
+    return {"file_bytes": len(data), "compressed_bytes": len(zlib.compress(data, 6)), "compressor": "zlib-6"}
+
+
+def sparsity(model: nn.Module, kinds: tuple[type, ...]) -> float:
+    """Fraction of zero weights over all layers of the given kinds."""
+    zeros = total = 0
+    for mod in model.modules():
+        if isinstance(mod, kinds):
+            w = mod.weight
+            w = w() if callable(w) else w
+            if w.is_quantized:
+                w = w.dequantize()
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / total if total else 0.0
+
+
+def nonzero_params(state: dict) -> tuple[int, int]:
+    """(parameters, non-zero parameters) over the float tensors of a state_dict."""
+    n = nz = 0
+    for v in state.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            n += v.numel()
+            nz += int(torch.count_nonzero(v))
+    return n, nz
+
+
+def model_figures(model: nn.Module) -> dict:
+    n, nz = nonzero_params(model.state_dict())
+    return {
+        "size_mb": state_dict_mb(model),
+        "float_params": n,
+        "nonzero_float_params": nz,
+        "sparsity_conv": sparsity(model, (nn.Conv2d,)),
+        "sparsity_conv_linear": sparsity(model, (nn.Conv2d, nn.Linear)),
+    }
+
+
+def versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- writing
+def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, force: bool = False,
+                  name: str | None = None) -> dict:
+    """Apply `recipe` to `source` and write the variant folder atomically; returns its meta."""
+    with atomic_dir(dest, force=force) as tmp:
+        built = apply(recipe, source, ctx, tmp)
+        figures = _figures(recipe, source, built, tmp)
+        meta = {
+            "name": name or Path(dest).name,
+            "recipe": recipe.to_dict(),
+            "output": recipe.output.value,
+            "spec": built.spec.to_dict(),
+            "chain": source.chain,
+            "versions": versions(),
+            "quantized_engine": torch.backends.quantized.engine,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "figures": figures,
+            **built.meta,
+        }
+        write_json(tmp / META_FILE, meta)
+    return meta
+
+
+def _figures(recipe: Recipe, source: Source, built: Built, folder: Path) -> dict:
+    if recipe.output is Output.ONNX:
+        if built.file is None or not built.file.is_file():
+            raise VggtoolError(f"recipe {recipe.name} declared ONNX output but wrote no file")
+        model = {k: v for k, v in model_figures(source.model).items() if k != "size_mb"}
+        return {**built.figures, **model, "size_mb": built.file.stat().st_size / 1e6, **file_figures(built.file)}
+    if built.model is None:
+        raise VggtoolError(f"recipe {recipe.name} declared {recipe.output.value} output but built no model")
+    checkpoint.save(folder / MODEL_FILE, built.model.state_dict(), {"kind": "variant", "recipe": recipe.to_dict(),
+                                                                    "spec": built.spec.to_dict()})
+    return {**built.figures, **model_figures(built.model), **file_figures(folder / MODEL_FILE)}
+
+
+# ---------------------------------------------------------------- reading
+@dataclass
+class Variant:
+    name: str
+    meta: dict
+    recipe: Recipe
+    spec: ArchSpec
+    predict: Predict
+    model: nn.Module | None = None
+
+
+def read_meta(folder: Path) -> tuple[dict, Recipe, ArchSpec]:
+    folder = Path(folder)
+    if not (folder / META_FILE).exists():
+        raise VggtoolError(f"no variant at {folder} (missing {META_FILE}); build it with `vggtool compress`")
+    meta = read_json(folder / META_FILE, "variant metadata")
+    try:
+        return meta, recipe_from_dict(meta["recipe"]), ArchSpec.from_dict(meta["spec"])
+    except (KeyError, TypeError) as e:
+        raise VggtoolError(f"{folder / META_FILE} is malformed: {e}") from None
+
+
+def load_variant(folder: Path, threads: int = 0) -> Variant:
+    """Rebuild any variant folder as a predict function (fresh process safe; nothing pickled)."""
+    folder = Path(folder)
+    meta, recipe, spec = read_meta(folder)
+    name = meta.get("name", folder.name)
+    if recipe.output is Output.ONNX:
+        if not (folder / ONNX_FILE).exists():
+            raise VggtoolError(f"variant {folder.name} lacks {ONNX_FILE}")
+        return Variant(name, meta, recipe, spec, export.ort_predict(export.ort_session(folder / ONNX_FILE, threads)))
+    state, _ = checkpoint.read(folder / MODEL_FILE)
+    model = skeleton(recipe, spec)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise VggtoolError(f"{folder / MODEL_FILE} does not fit recipe {recipe.name}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return Variant(name, meta, recipe, spec, torch_predict(model), model)
+
+
+# ---------------------------------------------------------------- parents
+def source_from_checkpoint(path: Path, trust_pickle: bool = False) -> Source:
+    model, spec, _ = checkpoint.load_model(path, None, trust_pickle)
+    return Source(model, spec, Path(path), [{"name": "checkpoint", "path": str(path), "sha256": checkpoint.sha256(path)}])
+
+
+def source_from_variant(folder: Path) -> Source:
+    """A float variant as the parent of another recipe (any recipe whose output is float)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VggtoolError(f"no variant {folder.name} in {folder.parent}: build it first (`vggtool compress --list`)")
+    variant = load_variant(folder)
+    if variant.recipe.output is not Output.FLOAT:
+        raise VggtoolError(f"variant {folder.name} is not a float model ({variant.recipe.output.value} output); "
+                           "only float variants can be a parent")
+    path = folder / MODEL_FILE
+    return Source(variant.model, variant.spec, path,
+                  variant.meta["chain"] + [{"name": variant.name, "path": str(path), "sha256": checkpoint.sha256(path)}])

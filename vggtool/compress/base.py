@@ -1,0 +1,187 @@
+"""What a compression recipe is: a frozen dataclass that names itself, declares
+what it produces, and is registered where it is defined.
+
+A recipe type registers itself when its class is created (`__init_subclass__`,
+as timm's `@register_model` does for architectures); its handlers register on
+the two dispatchers below (`apply` builds, `skeleton` rebuilds for loading),
+as torchao registers one handler per config type. A family module therefore
+holds its dataclasses and their handlers and nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import singledispatch
+from pathlib import Path
+from typing import ClassVar
+
+from torch import nn
+
+from vggtool.data import Split
+from vggtool.errors import VggtoolError
+from vggtool.models import ArchSpec, build_model
+
+
+class Output(str, enum.Enum):
+    """What a recipe produces; loading, parent checks and figures follow from it."""
+
+    FLOAT = "float"  # a float torch model: loads into the plain VGG, can be a parent
+    QUANTIZED = "quantized"  # a torch model with quantized kernels: loads into the recipe's skeleton
+    ONNX = "onnx"  # an ONNX file, run with ONNX Runtime
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely a variant must follow its float parent on a tiny test model:
+    max |logit difference| as a fraction of the parent's largest |logit|, and
+    the least top-1 agreement. Stated per recipe, checked by the test suite."""
+
+    max_rel_diff: float
+    min_agreement: float
+
+
+RECIPE_TYPES: dict[str, type[Recipe]] = {}
+REGISTRY: dict[str, Recipe] = {}  # the variant names users type -> recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Base of all recipes. Subclasses are frozen dataclasses that define `stem`
+    and `label`; `output` says what they produce."""
+
+    output: ClassVar[Output] = Output.FLOAT
+    stem_fields: ClassVar[tuple[str, ...]] = ()  # fields the stem already spells out
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        known = RECIPE_TYPES.get(cls.__name__)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise VggtoolError(f"two recipe types are called {cls.__name__}: {known.__module__} and {cls.__module__}")
+        RECIPE_TYPES[cls.__name__] = cls
+
+    @property
+    def stem(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The stem, then every other parameter that differs from its dataclass default."""
+        parts = []
+        for f in fields(self):
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            value = getattr(self, f.name)
+            if f.name not in self.stem_fields and value != default:
+                parts.append(f"-{f.name.replace('_', '')}{value:g}" if isinstance(value, float)
+                             else f"-{f.name.replace('_', '')}{value}")
+        return self.stem + "".join(parts)
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """The report's Method and Type columns."""
+        raise NotImplementedError
+
+    @property
+    def tolerance(self) -> Tolerance | None:
+        """Expected agreement with the float parent; None where the recipe changes
+        the function on purpose (pruning), which its own tests check instead."""
+        return None
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "params": asdict(self)}
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    """The recipe recorded in a meta.json."""
+    try:
+        cls = RECIPE_TYPES[d["type"]]
+    except (KeyError, TypeError):
+        raise VggtoolError(f"unknown recipe {d!r}: no installed recipe type of that name") from None
+    known = {f.name for f in fields(cls)}
+    try:
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in d["params"].items() if k in known}
+        return cls(**params)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise VggtoolError(f"malformed recipe {d!r}: {e}") from None
+
+
+def register(*recipes: Recipe) -> None:
+    """Offer these recipes under their names (`compress --variant NAME`, `compress --list`)."""
+    for recipe in recipes:
+        known = REGISTRY.get(recipe.name)
+        if known is not None and known != recipe:
+            raise VggtoolError(f"variant name {recipe.name} is registered twice, for different recipes")
+        REGISTRY[recipe.name] = recipe
+
+
+def lookup(name: str) -> Recipe:
+    if name not in REGISTRY:
+        raise VggtoolError(f"unknown variant {name!r}: choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+# ---------------------------------------------------------------- what handlers get and give
+@dataclass
+class Source:
+    """The float model a recipe starts from, and where it came from."""
+
+    model: nn.Module
+    spec: ArchSpec
+    path: Path
+    chain: list = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Data a recipe may need, produced on demand: calibration images (the
+    validation split, never test), fine-tuning on the training split, and a
+    parity set. Recipes never see where the data comes from."""
+
+    calibration: Callable[[], Split] | None = None
+    finetune: Callable[..., dict] | None = None
+    parity: Callable[[], Split] | None = None
+    batch_size: int = 100
+
+    def calibration_split(self, what: str) -> Split:
+        if self.calibration is None:
+            raise VggtoolError(f"{what} needs calibration data (the run's validation split)")
+        split = self.calibration()
+        if len(split) == 0:
+            raise VggtoolError(f"the validation split is empty: {what} needs it for calibration")
+        return split
+
+    def finetuner(self, what: str) -> Callable[..., dict]:
+        if self.finetune is None:
+            raise VggtoolError(f"{what} needs the run's training data for fine-tuning")
+        return self.finetune
+
+
+@dataclass
+class Built:
+    """A recipe's result: a torch model (float or quantized outputs) or a file
+    the handler wrote into the work folder (ONNX), the architecture it has,
+    figures known at build time and extra entries for meta.json."""
+
+    model: nn.Module | None
+    spec: ArchSpec
+    figures: dict = field(default_factory=dict)
+    file: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the two dispatchers
+@singledispatch
+def apply(recipe: Recipe, source: Source, ctx: Context, workdir: Path) -> Built:
+    """Build `recipe` from `source`; files it writes go into `workdir`."""
+    raise VggtoolError(f"no handler for recipe {type(recipe).__name__}")
+
+
+@singledispatch
+def skeleton(recipe: Recipe, spec: ArchSpec) -> nn.Module:
+    """The module structure a saved state_dict of this recipe loads into:
+    the plain VGG for float outputs; quantized recipes register their own."""
+    if recipe.output is not Output.FLOAT:
+        raise VggtoolError(f"recipe {type(recipe).__name__} produces {recipe.output.value} output but has no skeleton")
+    return build_model(spec)

@@ -1,0 +1,127 @@
+"""Eager torch.ao post-training quantization: dynamic (Linear layers) and static int8.
+
+Every torch.ao call goes through `vggtool.quant_ao`; this module only says
+what each recipe is and how its result is built and rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vggtool import quant_ao
+from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, register, skeleton
+from vggtool.data import batches
+from vggtool.errors import VggtoolError
+from vggtool.models import build_model
+
+
+@dataclass(frozen=True)
+class DynamicQuant(Recipe):
+    """Post-training dynamic quantization of the Linear layers (weights int8 or float16)."""
+
+    output = Output.QUANTIZED
+    stem_fields = ("dtype",)
+
+    dtype: str = "int8"
+    engine: str = "fbgemm"
+
+    def __post_init__(self):
+        if self.dtype not in ("int8", "float16"):
+            raise VggtoolError(f"dynamic dtype must be int8 or float16, got {self.dtype!r}")
+
+    @property
+    def stem(self) -> str:
+        return f"dynamic-{'fp16' if self.dtype == 'float16' else 'int8'}"
+
+    @property
+    def label(self):
+        return "Post-Training Dynamic", self.dtype
+
+    @property
+    def tolerance(self):
+        # fp16 weights round at 1e-3 relative; int8 activations are quantized per batch on the fly
+        return Tolerance(0.02, 0.99) if self.dtype == "float16" else Tolerance(0.1, 0.95)
+
+
+@dataclass(frozen=True)
+class StaticQuant(Recipe):
+    """Post-training static int8, calibrated on a seeded subset of the validation split."""
+
+    output = Output.QUANTIZED
+    stem_fields = ("fuse", "fuse_relu", "per_channel")
+
+    fuse: bool = False
+    fuse_relu: bool = False
+    engine: str = "fbgemm"
+    per_channel: bool = True
+    calib_size: int = 1000
+    calib_seed: int = 0
+
+    def __post_init__(self):
+        if self.calib_size <= 0:
+            raise VggtoolError(f"calibration size must be positive, got {self.calib_size}")
+        if self.fuse_relu and not self.fuse:
+            raise VggtoolError("--fuse-relu needs --fuse")
+
+    @property
+    def stem(self) -> str:
+        return ("static-int8" + ("-fused" if self.fuse else "") + ("-relu" if self.fuse_relu else "")
+                + ("" if self.per_channel else "-per-tensor"))
+
+    @property
+    def label(self):
+        return "Post-Training Static" + (" Fuse" if self.fuse else ""), "int8"
+
+    @property
+    def tolerance(self):
+        # every activation is rounded to 256 levels, calibrated on another split
+        return Tolerance(0.25, 0.9)
+
+    @property
+    def scheme(self) -> dict:
+        """The quantization scheme, apart from its calibration data."""
+        return {"fuse": self.fuse, "fuse_relu": self.fuse_relu, "engine": self.engine, "per_channel": self.per_channel}
+
+
+def _quantized_figures(model) -> dict:
+    return {"quantized_modules": len(quant_ao.quantized_modules(model))}
+
+
+@apply.register
+def _(recipe: DynamicQuant, source, ctx, workdir):
+    model = quant_ao.dynamic(source.model, recipe.dtype, recipe.engine)
+    return _built(model, source)
+
+
+@apply.register
+def _(recipe: StaticQuant, source, ctx, workdir):
+    calib = ctx.calibration_split("static quantization")
+    n = min(recipe.calib_size, len(calib))
+    index = torch.randperm(len(calib), generator=torch.Generator().manual_seed(recipe.calib_seed))[:n]
+
+    def calibrate(m):
+        for x, _ in batches(calib.subset(index), ctx.batch_size):
+            m(x)
+
+    built = _built(quant_ao.static(source.model, calibrate=calibrate, **recipe.scheme), source)
+    built.figures.update(calibration_images=n, calibration_split="val")
+    return built
+
+
+def _built(model, source) -> Built:
+    return Built(model, source.spec, _quantized_figures(model))
+
+
+@skeleton.register
+def _(recipe: DynamicQuant, spec):
+    return quant_ao.dynamic(build_model(spec), recipe.dtype, recipe.engine)
+
+
+@skeleton.register
+def _(recipe: StaticQuant, spec):
+    return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)
+
+
+register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True))
