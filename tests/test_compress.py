@@ -51,9 +51,11 @@ def test_the_report_variants_are_registered_under_their_names():
 
 
 def test_every_variant_with_meta(built, trained_run):
-    assert sorted(p.name for p in built.iterdir()) == sorted(c.REGISTRY)
+    assert sorted(c.SETS["report"]) == sorted(REPORT_VARIANTS)
+    assert sorted(p.name for p in built.iterdir()) == sorted(REPORT_VARIANTS)  # `compress` builds the report's set
     spec = json.loads((trained_run / "config.json").read_text())["spec"]
-    for name, recipe in c.REGISTRY.items():
+    for name in REPORT_VARIANTS:
+        recipe = c.REGISTRY[name]
         meta = json.loads((built / name / "meta.json").read_text())
         assert meta["recipe"] == recipe.to_dict() and meta["output"] == recipe.output.value
         assert c.recipe_from_dict(meta["recipe"]) == recipe
@@ -69,7 +71,7 @@ def within(tolerance, ref: torch.Tensor, out: torch.Tensor) -> bool:
                 and agreement >= tolerance.min_agreement)
 
 
-@pytest.mark.parametrize("name", [n for n, r in c.REGISTRY.items() if r.tolerance is not None])
+@pytest.mark.parametrize("name", [n for n in REPORT_VARIANTS if c.REGISTRY[n].tolerance is not None])
 def test_outputs_follow_fp32_within_the_recipe_tolerance(built, trained_run, test_batch, name):
     tolerance = c.REGISTRY[name].tolerance
     ref = fp32_logits(trained_run, test_batch)
@@ -136,7 +138,7 @@ def test_onnx_parity_and_input_contract_recorded(built):
     assert props["vggtool.input.mean"] == list(MEAN) and props["vggtool.input.shape"] == ["batch", 3, 32, 32]
 
 
-@pytest.mark.parametrize("name", sorted(c.REGISTRY))
+@pytest.mark.parametrize("name", REPORT_VARIANTS)
 def test_reload_in_fresh_process_gives_identical_outputs(built, trained_run, session_home, name):
     code = (
         "import sys, json, torch; from vggtool.compress import load_variant; "
@@ -198,6 +200,10 @@ def test_prune_with_finetune_keeps_zeros_and_changes_weights(trained_run, home):
     assert [r["epoch"] for r in finetune["history"]] == [0, 1]
     best = min(finetune["history"], key=lambda r: r["val_top1_err"])  # chosen on validation, never test
     assert finetune["best_epoch"] == best["epoch"]
+    # the saved weights are the best epoch's, not the last one's
+    val = json.loads(invoke("evaluate", "--run-dir", str(trained_run), "--variant", "prune-global-0.5-finetuneepochs2",
+                            "--split", "val", "--json").output)
+    assert val["top1_err"] == pytest.approx(best["val_top1_err"], abs=1e-9)
 
 
 def test_recipes_compose_and_record_their_chain(built, trained_run, home):
@@ -211,7 +217,7 @@ def test_recipes_compose_and_record_their_chain(built, trained_run, home):
 @pytest.mark.parametrize("args,fragment", [
     (["prune", "--global", "--amount", "1.0"], "[0, 1)"),
     (["prune", "--local", "--amount", "-0.1"], "[0, 1)"),
-    (["prune"], "--global or --local"),
+    (["prune"], "--global, --local or --structured"),
     (["quantize"], "exactly one of --static or --dynamic"),
     (["quantize", "--static", "--dynamic"], "exactly one"),
     (["quantize", "--static", "--dtype", "float16"], "float16"),
@@ -308,3 +314,26 @@ def test_uneven_vgg_saves_reloads_quantizes_exports_and_evaluates(own_run, home,
         assert len(quant_ao.quantized_modules(variant.model)) == 8 + 3
     out = torch.as_tensor(c.load_variant(own_run / "variants" / "uneven-quantize").predict(x))
     assert within(c.REGISTRY["static-int8-fused"].tolerance, ref, out)
+
+
+def test_variant_folders_written_before_the_redesign_still_load(built, own_run, home, tmp_path):
+    """meta.json of 0.1 had no "output" and a spec without per-layer channels."""
+    import shutil
+
+    for name in ("static-int8-fused", "onnx-fp32", "prune-global-0.6"):
+        old = own_run / "variants" / name
+        shutil.copytree(built / name, old)
+        meta = json.loads((old / "meta.json").read_text())
+        del meta["output"]
+        meta["spec"] = {k: meta["spec"][k] for k in ("arch", "num_classes", "width", "dropout")}
+        (old / "meta.json").write_text(json.dumps(meta))
+        assert torch.equal(torch.as_tensor(c.load_variant(old).predict(torch.ones(2, 3, 32, 32))),
+                           torch.as_tensor(c.load_variant(built / name).predict(torch.ones(2, 3, 32, 32))))
+    invoke("quantize", "--dynamic", "--from-variant", "prune-global-0.6", "--run-dir", str(own_run))
+    one_line_error(invoke("quantize", "--dynamic", "--from-variant", "onnx-fp32", "--run-dir", str(own_run), ok=False),
+                   "not a float model")
+    meta = json.loads((own_run / "variants" / "static-int8-fused" / "meta.json").read_text())
+    meta["output"] = "float"
+    (own_run / "variants" / "static-int8-fused" / "meta.json").write_text(json.dumps(meta))
+    one_line_error(invoke("evaluate", "--variant", "static-int8-fused", "--run-dir", str(own_run), ok=False),
+                   "says float output")

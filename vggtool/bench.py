@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from vggtool.compress import Variant, load_variant, recipe_from_dict, versions
+from vggtool.compress import Variant, load_variant, versions
 from vggtool.data import Split, batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, evaluate
+from vggtool.models import macs, param_count
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,10 @@ def _quantile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def labels(meta: dict) -> tuple[str, str]:
+def labels(variant: Variant) -> tuple[str, str]:
     """The report's Method and Type columns for a variant's recipe (and its parents)."""
-    method, kind = recipe_from_dict(meta["recipe"]).label
-    parents = [step["name"] for step in meta.get("chain", [])[1:]]
+    method, kind = variant.recipe.label
+    parents = [step["name"] for step in variant.meta.get("chain", [])[1:]]
     return (" + ".join(parents + [method]) if parents else method), kind
 
 
@@ -245,14 +246,17 @@ def bench(
                 statistics.median(a) / statistics.median(b) for a, b in zip(b1[baseline], b1[e.name]))
         changed(rows[e.name])
     progress("done")
+    scans = {e.name: e.variant.meta["figures"]["sensitivity"] for e in entries
+             if e.variant is not None and "sensitivity" in e.variant.meta.get("figures", {})}
     return {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
-            "rows": list(rows.values())}
+            "rows": list(rows.values()), **({"sensitivity": scans} if scans else {})}
 
 
 ROW_FIELDS = [
     "variant", "method", "type", "status", "top1_err", "top5_err", "batch_ms", "batch_ms_min", "batch_ms_max",
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
+    "macs", "arch_params",
 ]
 
 
@@ -262,11 +266,12 @@ def _base_row(e: _Entry) -> dict:
     if e.variant is not None:
         meta = e.variant.meta
         f = meta.get("figures", {})
-        method, kind = labels(meta)
+        method, kind = labels(e.variant)
         row.update(method=method, type=kind, size_mb=f.get("size_mb"), file_mb=f.get("file_bytes", 0) / 1e6,
                    compressed_mb=f.get("compressed_bytes", 0) / 1e6, params=f.get("float_params"),
                    nonzero_params=f.get("nonzero_float_params"), sparsity_conv=f.get("sparsity_conv"),
-                   sparsity_all=f.get("sparsity_conv_linear"))
+                   sparsity_all=f.get("sparsity_conv_linear"), macs=macs(e.variant.spec),
+                   arch_params=param_count(e.variant.spec))
     return row
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -197,14 +198,12 @@ def variant_options(f):
 
 
 def _build(recipe, data_dir, run_dir, checkpoint, from_variant, name, force, trust_pickle):
-    from vggtool.compress import compress
+    from vggtool.compress import build
     from vggtool.runs import Run
 
     run = Run.open(run_dir)
-    name = name or (f"{from_variant}+{recipe.name}" if from_variant else recipe.name)
-    with console.status(f"building {name} ..."):
-        metas = compress(run, {name: recipe}, data_dir or default_data_dir(), checkpoint, from_variant, force,
-                         trust_pickle)
+    with console.status(f"building {name or recipe.name} ..."):
+        metas = build(run, recipe, data_dir or default_data_dir(), name, checkpoint, from_variant, force, trust_pickle)
     _print_variants(run, metas)
 
 
@@ -251,23 +250,80 @@ def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_
     _build(recipe, **common)
 
 
-@main.command(name="prune")
-@click.option("--global", "scope", flag_value="global", help="One L1 ranking over all Conv2d weights.")
-@click.option("--local", "scope", flag_value="local", help="Each Conv2d pruned at --amount on its own.")
-@click.option("--amount", type=float, default=0.6, show_default=True, help="Fraction of Conv2d weights set to zero.")
-@click.option("--linear-amount", type=float, default=0.0, show_default=True, help="Fraction of Linear weights.")
-@click.option("--finetune-epochs", type=int, default=0, show_default=True,
-              help="Retrain this many epochs with the pruning mask held fixed.")
-@click.option("--finetune-lr", type=float, default=0.01, show_default=True,
-              help="Peak learning rate of the one-cycle fine-tuning schedule.")
-@variant_options
-def prune_cmd(scope, amount, linear_amount, finetune_epochs, finetune_lr, **common):
-    """L1 unstructured pruning made permanent: `--global` or `--local`, `--amount 0.6`."""
-    from vggtool.compress.pruning import L1Prune
+def finetune_options(f):
+    for opt in reversed([
+        click.option("--finetune-epochs", type=int, default=None,
+                     help="Retrain this many epochs on the training split after pruning (the best epoch on the "
+                          "validation split is kept) [global/local: 0, structured: 5]."),
+        click.option("--finetune-lr", type=float, default=None, help="Peak learning rate of fine-tuning [0.01]."),
+        click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine"]), default=None,
+                     help="Learning-rate schedule of fine-tuning [onecycle]."),
+        click.option("--distill", is_flag=True, default=None,
+                     help="Fine-tune with knowledge distillation from the unpruned parent (or --teacher)."),
+        click.option("--temperature", type=float, default=None, help="Distillation temperature T [4]."),
+        click.option("--distill-weight", type=float, default=None,
+                     help="Weight of the distillation term, w * T^2 * KL, added to cross-entropy [1]."),
+        click.option("--teacher", default=None, help="Teacher: a float variant of the run or a model file [the parent]."),
+    ]):
+        f = opt(f)
+    return f
 
+
+@main.command(name="prune")
+@click.option("--global", "scope", flag_value="global", help="Unstructured: one L1 ranking over all Conv2d weights.")
+@click.option("--local", "scope", flag_value="local", help="Unstructured: each Conv2d pruned at --amount on its own.")
+@click.option("--structured", "scope", flag_value="structured",
+              help="Remove whole filters and hidden units (Torch-Pruning): smaller and faster.")
+@click.option("--amount", type=float, default=None,
+              help="Global/local: fraction of Conv2d weights set to zero [0.6]. Structured: fraction of the "
+                   "parameters (or MACs, --target macs) removed [0.5].")
+@click.option("--linear-amount", type=float, default=None, help="Global/local: fraction of Linear weights [0].")
+@click.option("--target", type=click.Choice(["params", "macs"]), default=None,
+              help="Structured: what --amount counts [params].")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default=None,
+              help="Structured: rank filters by L1 or L2 norm, or by BatchNorm scale [l1].")
+@click.option("--allocation", type=click.Choice(["uniform", "global"]), default=None,
+              help="Structured: the same share from every layer, or one ranking across layers [uniform].")
+@click.option("--keep-linear", is_flag=True, default=None, help="Structured: leave the hidden Linear layers whole.")
+@click.option("--steps", type=int, default=None, help="Structured: prune a little, fine-tune, repeat, in this many rounds [1].")
+@click.option("--slimming-epochs", type=int, default=None,
+              help="Structured: first train with an L1 penalty on BatchNorm scales (network slimming) [0].")
+@click.option("--slimming-penalty", type=float, default=None, help="Structured: that penalty's weight [1e-4].")
+@click.option("--sensitivity-images", type=int, default=None,
+              help="Structured: also record validation error after pruning 0.1..0.9 without fine-tuning, on this "
+                   "many validation images [0: off].")
+@finetune_options
+@variant_options
+def prune_cmd(scope, **options):
+    """Pruning: L1 unstructured (`--global`, `--local`, as the report: zeros, same size)
+    or structured (`--structured`: filters removed, really smaller and faster).
+
+    \b
+      vggtool prune --global --amount 0.6
+      vggtool prune --structured --amount 0.5 --finetune-epochs 5 --distill
+      vggtool quantize --static --fuse --from-variant structured-0.5-kd
+    """
+    from vggtool.compress.pruning import L1Prune
+    from vggtool.compress.structured import StructuredPrune
+
+    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
+                                          "trust_pickle")}
     if scope is None:
-        raise VggtoolError("choose --global or --local")
-    _build(L1Prune(scope, amount, linear_amount, finetune_epochs, finetune_lr), **common)
+        raise VggtoolError("choose --global, --local or --structured")
+    if options.pop("keep_linear"):
+        options["prune_linear"] = False
+    given = {k: v for k, v in options.items() if v is not None}
+    if scope == "structured":
+        recipe_type, params = StructuredPrune, given
+    else:
+        recipe_type, params = L1Prune, {"scope": scope, **given}
+    known = {f.name for f in dataclasses.fields(recipe_type)}
+    wrong = [k for k in params if k not in known]
+    if wrong:
+        other = "--global/--local" if scope == "structured" else "--structured"
+        raise VggtoolError(f"--{wrong[0].replace('_', '-').replace('prune-linear', 'keep-linear')} applies to "
+                           f"{other} only")
+    _build(recipe_type(**params), **common)
 
 
 @main.command(name="export")
@@ -282,35 +338,48 @@ def export_cmd(onnx_, opset, **common):
 
 
 @main.command(name="compress")
-@click.option("--variant", "names", multiple=True, help="Build only these (repeatable) [default: every registered one].")
-@click.option("--list", "list_", is_flag=True, help="List the registered variants and exit.")
-@click.option("--force", is_flag=True, help="Rebuild variants that already exist.")
+@click.option("--variant", "names", multiple=True,
+              help="Build these registered variants (repeatable; A+B chains B onto A) [default: --set report].")
+@click.option("--set", "set_names", multiple=True, help="Build every variant of a named set: report, beyond (repeatable).")
+@click.option("--list", "list_", is_flag=True, help="List the registered variants, chains and sets, and exit.")
+@click.option("--force", is_flag=True, help="Rebuild variants that already exist (not the parents a chain reuses).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from this model file instead of the run's baseline.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")
 @data_dir_option
 @run_dir_option
-def compress_cmd(names, list_, force, checkpoint, trust_pickle, data_dir, run_dir):
-    """Build the registered variants in one go: by default every one, which
-    includes the report's eight (baseline, dynamic fp16/int8, static int8 with
-    and without fusion, global/local pruning at 0.6, ONNX). `--list` shows them.
+def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_dir, run_dir):
+    """Build registered variants by name or by set; by default the report's
+    eight (baseline, dynamic fp16/int8, static int8 with and without fusion,
+    global/local pruning at 0.6, ONNX).
+
+    \b
+      vggtool compress                                   # the report's eight
+      vggtool compress --set beyond                      # structured pruning, stacked with int8
+      vggtool compress --variant structured-0.5-kd+static-int8-fused
     """
-    from vggtool.compress import REGISTRY, compress, lookup
+    from vggtool.compress import REGISTRY, SETS, STACKS, compress
     from vggtool.console import table
     from vggtool.runs import Run
 
     if list_:
-        console.print(table("registered variants", ["name", "produces", "method", "type"],
-                            [[n, r.output.value, *r.label] for n, r in REGISTRY.items()]))
+        sets = {n: ", ".join(s for s, members in SETS.items() if n in members) for n in [*REGISTRY, *STACKS]}
+        rows = [[n, r.output.value, *r.label, sets[n]] for n, r in REGISTRY.items()]
+        rows += [[n, REGISTRY[parts[-1]].output.value, "chain: " + " -> ".join(parts), "", sets[n]]
+                 for n, parts in STACKS.items()]
+        console.print(table("registered variants", ["name", "produces", "method", "type", "sets"], rows))
         return
-    recipes = {n: lookup(n) for n in (names or REGISTRY)}
+    unknown = [s for s in set_names if s not in SETS]
+    if unknown:
+        raise VggtoolError(f"unknown set {unknown[0]!r}: choose one of {', '.join(SETS)}")
+    wanted = list(dict.fromkeys([*names, *(n for s in set_names for n in SETS[s])])) or SETS["report"]
     run = Run.open(run_dir)
     with console.status("building variants ...") as status:
         def done(name, meta):
             status.update(f"built {name}; building the rest ...")
             console.print(f"built {name}: {meta['figures']['size_mb']:.2f} MB")
 
-        metas = compress(run, recipes, data_dir or default_data_dir(), checkpoint, None, force, trust_pickle, done)
+        metas = compress(run, wanted, data_dir or default_data_dir(), checkpoint, force, trust_pickle, done)
     _print_variants(run, metas)
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from vggtool.errors import VggtoolError
 from vggtool.models import ArchSpec
 
-SCHEDULES = ("multistep", "onecycle")
+SCHEDULES = ("multistep", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -46,7 +46,7 @@ class TrainConfig:
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise VggtoolError("weight decay must be >= 0 and momentum in [0, 1)")
         if self.schedule not in SCHEDULES:
-            raise VggtoolError(f"unknown schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+            raise VggtoolError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.device not in DEVICES:
             raise VggtoolError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         if not 0 <= self.rotation <= 180:

@@ -182,3 +182,29 @@ def check_compatible(model: nn.Module, state_dict: dict, what: str) -> None:
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
         raise VggtoolError(f"{what} does not fit {getattr(model, 'spec', 'the model')}: {'; '.join(problems)}")
+
+
+def layer_shapes(spec: ArchSpec) -> list[tuple[str, int, int, int]]:
+    """(kind, inputs, outputs, output side in pixels) of every Conv2d and Linear, in order."""
+    shapes, cin, side, widths = [], 3, 32, iter(spec.channels)
+    for item in PLANS[spec.arch]:
+        if item == M:
+            side //= 2
+        else:
+            cout = next(widths)
+            shapes.append(("conv", cin, cout, side))
+            cin = cout
+    h0, h1 = spec.hidden
+    flat = cin * side * side
+    return shapes + [("linear", flat, h0, 1), ("linear", h0, h1, 1), ("linear", h1, spec.num_classes, 1)]
+
+
+def macs(spec: ArchSpec) -> int:
+    """Multiply-accumulates of one 32x32 image through the Conv2d and Linear layers."""
+    return sum(cin * cout * (9 if kind == "conv" else 1) * side * side for kind, cin, cout, side in layer_shapes(spec))
+
+
+def param_count(spec: ArchSpec) -> int:
+    """Parameters of the float model: weights and biases, and BatchNorm's scale and shift."""
+    return sum(cin * cout * (9 if kind == "conv" else 1) + cout + (2 * cout if kind == "conv" else 0)
+               for kind, cin, cout, _ in layer_shapes(spec))

@@ -214,10 +214,42 @@ def render_markdown(results: dict) -> str:
         "environment below.",
         side,
     ]
+    parts += _architecture(ok, batch) + _sensitivity(results.get("sensitivity", {}))
     if failed:
         parts += ["## Variants that failed", "\n".join(failed)]
     parts += ["## Environment", "\n".join(env_lines), "## Settings", "\n".join(set_lines)]
     return "\n\n".join(parts) + "\n"
+
+
+def _architecture(ok: list[dict], batch: str) -> list[str]:
+    """Parameters and MACs beside measured speed (results from before 0.2 lack them: no section)."""
+    if not any(r.get("macs") for r in ok):
+        return []
+    base = next((r for r in ok if r["variant"] == "baseline" and r.get("macs")), None)
+    table = _md_table(
+        ["Variant", "Params (M)", "MACs (M)", "MACs / baseline", f"Speed-up {batch}", "Speed-up b1", "Size MB"],
+        [[r["variant"], _fmt(r["arch_params"] / 1e6, ".3f"), _fmt(r["macs"] / 1e6, ".1f"),
+          _fmt(r["macs"] / base["macs"] if base else None, ".3f"), _fmt(r.get("batch_speedup"), ".2f") + "x",
+          _fmt(r.get("b1_speedup"), ".2f") + "x", _fmt(r["size_mb"], ".2f")] for r in ok if r.get("macs")],
+        ["-"] + [":-:"] * 6,
+    )
+    return ["## Parameters, MACs and measured speed",
+            "Parameters and multiply-accumulates per 32x32 image of the float architecture each variant has "
+            "(Conv2d and Linear weights; a quantized variant keeps its parent's). A MACs ratio is not a speed-up: "
+            "both are shown, the speed-ups measured above.", table]
+
+
+def _sensitivity(scans: dict[str, list[dict]]) -> list[str]:
+    """Validation error after structured pruning without fine-tuning, per amount removed."""
+    parts = []
+    for variant, rows in scans.items():
+        parts += [f"## Pruning sensitivity of `{variant}`",
+                  "Validation top-1 error right after removing each share, before any fine-tuning: where the "
+                  "curve turns up, fine-tuning has the most to recover.",
+                  _md_table(["Removed", "Params (M)", "MACs (M)", "Val top-1 err"],
+                            [[f"{r['amount']:.1f}", _fmt(r["params"] / 1e6, ".3f"), _fmt(r["macs"] / 1e6, ".1f"),
+                              _fmt(r["val_top1_err"], ".3f")] for r in rows], [":-:"] * 4)]
+    return parts
 
 
 # ---------------------------------------------------------------- plots

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggtool import checkpoint
+from vggtool.compress import load_variant
 from vggtool.data import Split, batches, load_split, load_splits
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
@@ -37,8 +38,6 @@ def evaluation_target(run_dir: Path | None, checkpoint_path: Path | None, varian
         return Target(Path(checkpoint_path).name, torch_predict(model), run)
     run = Run.open(run_dir)
     if variant is not None and variant != "baseline":
-        from vggtool.compress import load_variant
-
         folder = run.variants_dir / variant
         if not folder.is_dir():
             raise VggtoolError(f"no variant {variant!r} in {run.variants_dir}: build it with `vggtool compress`")

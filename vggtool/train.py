@@ -77,6 +77,8 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         if step < peak:
             return lo + (cfg.lr - lo) * (1 - math.cos(math.pi * step / peak)) / 2
         return end + (cfg.lr - end) * (1 + math.cos(math.pi * (step - peak) / (total - peak))) / 2
+    if cfg.schedule == "cosine":  # from the peak straight down: fine-tuning starts from trained weights
+        return cfg.lr * (1 + math.cos(math.pi * step / (cfg.epochs * steps_per_epoch))) / 2
     if epoch < cfg.warmup_epochs:
         return cfg.lr * (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
     return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
@@ -243,11 +245,26 @@ def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scale
             "images_per_s": seen / seconds, "seconds": seconds}
 
 
-def finetune_config(cfg: TrainConfig, epochs: int, lr: float) -> TrainConfig:
+def finetune_config(cfg: TrainConfig, epochs: int, lr: float, schedule: str = "onecycle") -> TrainConfig:
     """A run's training settings turned into a fine-tuning schedule: `epochs` of
-    one-cycle peaking at `lr`, contiguous memory (pruning masks are hooks on the
+    `schedule` peaking at `lr`, contiguous memory (pruning masks are hooks on the
     weights and keep their own layout)."""
-    return replace(cfg, epochs=epochs, lr=lr, schedule="onecycle", warmup_epochs=0, channels_last=False)
+    return replace(cfg, epochs=epochs, lr=lr, schedule=schedule, warmup_epochs=0, channels_last=False)
+
+
+def distillation(teacher, temperature: float, weight: float) -> ExtraLoss:
+    """Knowledge distillation (Hinton et al. 2015) as an extra loss term:
+    weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over
+    the batch. The teacher sees the same augmented images, in eval mode."""
+    teacher.eval()
+
+    def loss(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher.to(x.device)(x).float()
+        return weight * temperature**2 * F.kl_div(F.log_softmax(logits.float() / temperature, dim=1),
+                                                  F.softmax(target / temperature, dim=1), reduction="batchmean")
+
+    return loss
 
 
 def finetune(model, train_split, cfg: TrainConfig, *, val_split=None, extra_loss: ExtraLoss | None = None,
@@ -265,9 +282,10 @@ def finetune(model, train_split, cfg: TrainConfig, *, val_split=None, extra_loss
     model.to(device)
     optimizer = _optimizer(model, cfg)
     split = type(train_split)(train_split.images.to(device), train_split.labels.to(device))
+    scaler = _grad_scaler(device.type == "cuda")  # one scaler for the run: its scale carries across epochs
     history, best, best_state = [], None, None
     for epoch in range(cfg.epochs):
-        stats = train_one_epoch(model, optimizer, split, cfg, epoch, observer=observer, extra_loss=extra_loss)
+        stats = train_one_epoch(model, optimizer, split, cfg, epoch, scaler, observer, extra_loss)
         record = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"]}
         if val_split is not None and len(val_split):
             record["val_top1_err"] = evaluate(torch_predict(model, device),

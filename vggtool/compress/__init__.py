@@ -32,6 +32,8 @@ from vggtool.compress.artifact import (
 from vggtool.compress.base import (
     RECIPE_TYPES,
     REGISTRY,
+    SETS,
+    STACKS,
     Built,
     Context,
     Output,
@@ -42,9 +44,11 @@ from vggtool.compress.base import (
     lookup,
     recipe_from_dict,
     register,
+    register_stack,
     skeleton,
+    steps,
 )
-from vggtool.compress.run import compress, run_context
+from vggtool.compress.run import build, compress, run_context
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -55,8 +59,9 @@ for _plugin in entry_points(group="vggtool.recipes"):
         warnings.warn(f"recipe plugin {_plugin.name} ({_plugin.value}) failed to load: {_e}", stacklevel=1)
 
 __all__ = [
-    "META_FILE", "MODEL_FILE", "ONNX_FILE", "RECIPE_TYPES", "REGISTRY", "Built", "Context", "Output", "Recipe",
-    "Source", "Tolerance", "Variant", "apply", "build_variant", "compress", "load_variant", "lookup",
-    "model_figures", "read_meta", "recipe_from_dict", "register", "run_context", "skeleton",
-    "source_from_checkpoint", "source_from_variant", "sparsity", "state_dict_mb", "versions",
+    "Built", "Context", "META_FILE", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
+    "Recipe", "SETS", "STACKS", "Source", "Tolerance", "Variant", "apply", "build", "build_variant",
+    "compress", "load_variant", "lookup", "model_figures", "read_meta", "recipe_from_dict", "register",
+    "register_stack", "run_context", "skeleton", "source_from_checkpoint", "source_from_variant", "sparsity",
+    "state_dict_mb", "steps", "versions",
 ]

@@ -140,9 +140,13 @@ def read_meta(folder: Path) -> tuple[dict, Recipe, ArchSpec]:
         raise VggtoolError(f"no variant at {folder} (missing {META_FILE}); build it with `vggtool compress`")
     meta = read_json(folder / META_FILE, "variant metadata")
     try:
-        return meta, recipe_from_dict(meta["recipe"]), ArchSpec.from_dict(meta["spec"])
+        recipe, spec = recipe_from_dict(meta["recipe"]), ArchSpec.from_dict(meta["spec"])
     except (KeyError, TypeError) as e:
         raise VggtoolError(f"{folder / META_FILE} is malformed: {e}") from None
+    if meta.get("output", recipe.output.value) != recipe.output.value:  # folders written before 0.2 lack "output"
+        raise VggtoolError(f"{folder / META_FILE} says {meta['output']} output, but {recipe.name} produces "
+                           f"{recipe.output.value}")
+    return meta, recipe, spec
 
 
 def load_variant(folder: Path, threads: int = 0) -> Variant:
@@ -175,10 +179,11 @@ def source_from_variant(folder: Path) -> Source:
     folder = Path(folder)
     if not folder.is_dir():
         raise VggtoolError(f"no variant {folder.name} in {folder.parent}: build it first (`vggtool compress --list`)")
-    variant = load_variant(folder)
-    if variant.recipe.output is not Output.FLOAT:
-        raise VggtoolError(f"variant {folder.name} is not a float model ({variant.recipe.output.value} output); "
+    _, recipe, _ = read_meta(folder)
+    if recipe.output is not Output.FLOAT:
+        raise VggtoolError(f"variant {folder.name} is not a float model ({recipe.output.value} output); "
                            "only float variants can be a parent")
+    variant = load_variant(folder)
     path = folder / MODEL_FILE
     return Source(variant.model, variant.spec, path,
                   variant.meta["chain"] + [{"name": variant.name, "path": str(path), "sha256": checkpoint.sha256(path)}])

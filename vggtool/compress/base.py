@@ -10,7 +10,9 @@ holds its dataclasses and their handlers and nothing else needs to change.
 
 from __future__ import annotations
 
+import copy
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import singledispatch
@@ -44,6 +46,8 @@ class Tolerance:
 
 RECIPE_TYPES: dict[str, type[Recipe]] = {}
 REGISTRY: dict[str, Recipe] = {}  # the variant names users type -> recipes
+STACKS: dict[str, tuple[str, ...]] = {}  # named chains "a+b": b built on a, each step its own variant
+SETS: dict[str, list[str]] = {}  # what `compress --set NAME` builds; "report" is the report's eight
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Recipe:
         known = RECIPE_TYPES.get(cls.__name__)
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise VggtoolError(f"two recipe types are called {cls.__name__}: {known.__module__} and {cls.__module__}")
+        if not isinstance(cls.output, Output):
+            raise VggtoolError(f"recipe {cls.__name__} must declare its output as an Output, got {cls.output!r}")
         RECIPE_TYPES[cls.__name__] = cls
 
     @property
@@ -67,15 +73,15 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        """The stem, then every other parameter that differs from its dataclass default."""
+        """The stem, then every other parameter that differs from its dataclass default
+        (the recipe's own first, shared options such as fine-tuning after)."""
         parts = []
-        for f in fields(self):
+        for f in sorted(fields(self), key=lambda f: f.name in TUNING_FIELDS):
             default = f.default if f.default is not MISSING else (
                 f.default_factory() if f.default_factory is not MISSING else MISSING)
             value = getattr(self, f.name)
             if f.name not in self.stem_fields and value != default:
-                parts.append(f"-{f.name.replace('_', '')}{value:g}" if isinstance(value, float)
-                             else f"-{f.name.replace('_', '')}{value}")
+                parts.append(f"-{f.name.replace('_', '')}{_name_part(value)}")
         return self.stem + "".join(parts)
 
     @property
@@ -93,33 +99,69 @@ class Recipe:
         return {"type": type(self).__name__, "params": asdict(self)}
 
 
+def _name_part(value) -> str:
+    """A parameter value as it appears in a variant (folder) name: no spaces, slashes or brackets."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return "_".join(_name_part(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
+
+
 def recipe_from_dict(d: dict) -> Recipe:
-    """The recipe recorded in a meta.json."""
+    """The recipe recorded in a meta.json (JSON lists come back as the tuples they were)."""
     try:
         cls = RECIPE_TYPES[d["type"]]
-    except (KeyError, TypeError):
+        params = dict(d["params"])
+    except (KeyError, TypeError, ValueError):
         raise VggtoolError(f"unknown recipe {d!r}: no installed recipe type of that name") from None
-    known = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise VggtoolError(f"recipe {d['type']} has no parameter(s) {', '.join(unknown)}: written by a newer vggtool?")
     try:
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in d["params"].items() if k in known}
-        return cls(**params)
-    except (KeyError, TypeError, AttributeError) as e:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+    except (TypeError, AttributeError, ValueError) as e:
         raise VggtoolError(f"malformed recipe {d!r}: {e}") from None
 
 
-def register(*recipes: Recipe) -> None:
-    """Offer these recipes under their names (`compress --variant NAME`, `compress --list`)."""
+def register(*recipes: Recipe, sets: tuple[str, ...] = ()) -> None:
+    """Offer these recipes under their names (`compress --variant NAME`, `compress --list`),
+    and in the named sets (`compress --set NAME`)."""
     for recipe in recipes:
         known = REGISTRY.get(recipe.name)
         if known is not None and known != recipe:
             raise VggtoolError(f"variant name {recipe.name} is registered twice, for different recipes")
         REGISTRY[recipe.name] = recipe
+        _add_to_sets(recipe.name, sets)
+
+
+def register_stack(*names: str, sets: tuple[str, ...] = ()) -> str:
+    """Offer a chain of registered recipes as one variant, e.g. a pruned model then int8:
+    built as "a", then "a+b" from it; each step's meta.json records the chain."""
+    for name in names:
+        lookup(name)
+    name = "+".join(names)
+    STACKS[name] = names
+    _add_to_sets(name, sets)
+    return name
+
+
+def _add_to_sets(name: str, sets: tuple[str, ...]) -> None:
+    for s in sets:
+        if name not in SETS.setdefault(s, []):
+            SETS[s].append(name)
 
 
 def lookup(name: str) -> Recipe:
     if name not in REGISTRY:
-        raise VggtoolError(f"unknown variant {name!r}: choose one of {', '.join(REGISTRY)}")
+        raise VggtoolError(f"unknown variant {name!r}: choose one of {', '.join(REGISTRY)} (`vggtool compress --list`)")
     return REGISTRY[name]
+
+
+def steps(name: str) -> list[Recipe]:
+    """The recipes a variant name stands for: one, or a chain "a+b+c" of registered names."""
+    return [lookup(part) for part in name.split("+")]
 
 
 # ---------------------------------------------------------------- what handlers get and give
@@ -142,6 +184,7 @@ class Context:
     calibration: Callable[[], Split] | None = None
     finetune: Callable[..., dict] | None = None
     parity: Callable[[], Split] | None = None
+    teacher: Callable[[str], nn.Module] | None = None
     batch_size: int = 100
 
     def calibration_split(self, what: str) -> Split:
@@ -156,6 +199,62 @@ class Context:
         if self.finetune is None:
             raise VggtoolError(f"{what} needs the run's training data for fine-tuning")
         return self.finetune
+
+
+SCHEDULES = ("onecycle", "cosine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuning:
+    """Fine-tuning options shared by the recipes that retrain (a mixin: keyword-only
+    fields, so each recipe keeps its own positional ones). `teacher` is a float
+    variant of the run or a checkpoint file; empty means the recipe's parent."""
+
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+    finetune_schedule: str = "onecycle"
+    distill: bool = False
+    temperature: float = 4.0
+    distill_weight: float = 1.0
+    teacher: str = ""
+
+    def check_finetuning(self) -> None:
+        if self.finetune_epochs < 0 or self.finetune_lr <= 0:
+            raise VggtoolError("finetune epochs must be >= 0 and finetune lr positive")
+        if self.finetune_schedule not in SCHEDULES:
+            raise VggtoolError(f"fine-tuning schedule must be one of {', '.join(SCHEDULES)}, got {self.finetune_schedule!r}")
+        if self.temperature <= 0 or self.distill_weight < 0:
+            raise VggtoolError("distillation temperature must be positive and its weight >= 0")
+        if (self.distill or self.teacher) and not self.finetune_epochs:
+            raise VggtoolError("distillation happens while fine-tuning: give --finetune-epochs N as well")
+        if self.teacher and not self.distill:
+            raise VggtoolError("--teacher needs --distill")
+
+    @property
+    def tuning_stem(self) -> str:
+        return "-kd" if self.distill else ""
+
+    def finetune(self, model: nn.Module, source: Source, ctx: Context, what: str) -> dict:
+        """Fine-tune `model` in place as these options say; returns what happened."""
+        from vggtool.train import distillation
+
+        tune = ctx.finetuner(what)
+        extra = None
+        if self.distill:
+            teacher = source.model
+            if self.teacher:
+                if ctx.teacher is None:
+                    raise VggtoolError(f"{what}: no way to load teacher {self.teacher!r} here")
+                teacher = ctx.teacher(self.teacher)
+            classes = teacher.classifier[-1].out_features
+            if classes != source.spec.num_classes:
+                raise VggtoolError(f"the teacher predicts {classes} classes, the model {source.spec.num_classes}")
+            extra = distillation(copy.deepcopy(teacher), self.temperature, self.distill_weight)
+        return tune(model, epochs=self.finetune_epochs, lr=self.finetune_lr, schedule=self.finetune_schedule,
+                    extra_loss=extra)
+
+
+TUNING_FIELDS = {f.name for f in fields(FineTuning)}
 
 
 @dataclass

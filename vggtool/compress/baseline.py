@@ -31,4 +31,4 @@ def _(recipe: Baseline, source, ctx, workdir):
     return Built(source.model, source.spec)
 
 
-register(Baseline())
+register(Baseline(), sets=("report",))

@@ -49,4 +49,4 @@ def _(recipe: OnnxExport, source, ctx, workdir):
     return Built(None, source.spec, figures, path, {"input": export.INPUT_CONTRACT})
 
 
-register(OnnxExport())
+register(OnnxExport(), sets=("report",))

@@ -14,22 +14,20 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from vggtool.compress.base import Built, Output, Recipe, apply, register
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, register
 from vggtool.errors import VggtoolError
 
 
 @dataclass(frozen=True)
-class L1Prune(Recipe):
-    """L1 unstructured pruning, made permanent; optional fine-tuning with the mask fixed."""
+class L1Prune(FineTuning, Recipe):
+    """L1 unstructured pruning, made permanent; optional fine-tuning (with distillation) with the mask fixed."""
 
     output = Output.FLOAT
-    stem_fields = ("scope", "amount")
+    stem_fields = ("scope", "amount", "distill")
 
     scope: str = "global"
     amount: float = 0.6
     linear_amount: float = 0.0
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.01
 
     def __post_init__(self):
         if self.scope not in ("global", "local"):
@@ -37,12 +35,11 @@ class L1Prune(Recipe):
         for label, a in (("amount", self.amount), ("linear amount", self.linear_amount)):
             if not 0 <= a < 1:
                 raise VggtoolError(f"pruning {label} must be in [0, 1), got {a}")
-        if self.finetune_epochs < 0 or self.finetune_lr <= 0:
-            raise VggtoolError("finetune epochs must be >= 0 and finetune lr positive")
+        self.check_finetuning()
 
     @property
     def stem(self) -> str:
-        return f"prune-{self.scope}-{self.amount:g}"
+        return f"prune-{self.scope}-{self.amount:g}" + self.tuning_stem
 
     @property
     def label(self):
@@ -55,10 +52,9 @@ def _(recipe: L1Prune, source, ctx, workdir):
     figures: dict = {}
     finetune = None
     if recipe.finetune_epochs:
-        tune = ctx.finetuner("pruning with --finetune-epochs")
 
         def finetune(m):
-            figures["finetune"] = tune(m, epochs=recipe.finetune_epochs, lr=recipe.finetune_lr)
+            figures["finetune"] = recipe.finetune(m, source, ctx, "pruning with --finetune-epochs")
 
     model = l1_unstructured(source.model, recipe.scope, recipe.amount, recipe.linear_amount, finetune)
     return Built(model, source.spec, figures)
@@ -101,4 +97,4 @@ def l1_unstructured(
     return m.eval()
 
 
-register(L1Prune("global", 0.6), L1Prune("local", 0.6))
+register(L1Prune("global", 0.6), L1Prune("local", 0.6), sets=("report",))

@@ -124,4 +124,5 @@ def _(recipe: StaticQuant, spec):
     return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)
 
 
-register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True))
+register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True),
+         sets=("report",))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from vggtool.compress.artifact import build_variant, source_from_checkpoint, source_from_variant
-from vggtool.compress.base import Context, Recipe
+from vggtool import train
+from vggtool.compress.artifact import META_FILE, build_variant, source_from_checkpoint, source_from_variant
+from vggtool.compress.base import Context, Recipe, steps
 from vggtool.errors import VggtoolError
 from vggtool.runs import Run
 
@@ -19,33 +20,58 @@ def run_context(run: Run, data_dir: Path) -> Context:
     Fine-tuning uses the run's own training settings through `train.finetune`."""
     splits = cache(lambda: run.splits(data_dir))
 
-    def finetune(model: nn.Module, epochs: int, lr: float, extra_loss=None) -> dict:
-        from vggtool.train import finetune as tune
-        from vggtool.train import finetune_config
+    def finetune(model: nn.Module, epochs: int, lr: float, schedule: str = "onecycle", extra_loss=None) -> dict:
+        return train.finetune(model, splits().train, train.finetune_config(run.config(), epochs, lr, schedule),
+                    val_split=splits().val, extra_loss=extra_loss)
 
-        return tune(model, splits().train, finetune_config(run.config(), epochs, lr), val_split=splits().val,
-                    extra_loss=extra_loss)
+    def teacher(ref: str) -> nn.Module:
+        """A float variant of the run by name, else a model file."""
+        if (run.variants_dir / ref).is_dir():
+            return source_from_variant(run.variants_dir / ref).model
+        return source_from_checkpoint(Path(ref)).model
 
-    return Context(calibration=lambda: splits().val, finetune=finetune, parity=lambda: splits().test)
+    return Context(calibration=lambda: splits().val, finetune=finetune, parity=lambda: splits().test,
+                   teacher=teacher)
 
 
-def compress(run: Run, recipes: dict[str, Recipe], data_dir: Path, checkpoint_path: Path | None = None,
-             from_variant: str | None = None, force: bool = False, trust_pickle: bool = False,
-             on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
-    """Build each named recipe from the run's baseline (or a checkpoint, or a float variant)."""
+def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, checkpoint_path: Path | None = None,
+          from_variant: str | None = None, force: bool = False, trust_pickle: bool = False) -> dict[str, dict]:
+    """Build one recipe from the run's baseline, a checkpoint, or a float variant of the run."""
     if checkpoint_path is not None and from_variant is not None:
         raise VggtoolError("pass either --checkpoint or --from-variant, not both")
+    name = name or (f"{from_variant}+{recipe.name}" if from_variant else recipe.name)
     if from_variant is not None:
         source = source_from_variant(run.variants_dir / from_variant)
     else:
         source = source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle)
-    existing = [n for n in recipes if (run.variants_dir / n).exists()]
+    if (run.variants_dir / name).exists() and not force:
+        raise VggtoolError(f"variant {name} already exists in {run.variants_dir}; pass --force to rebuild")
+    return {name: build_variant(recipe, source, run_context(run, data_dir), run.variants_dir / name, force, name)}
+
+
+def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path | None = None, force: bool = False,
+             trust_pickle: bool = False, on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """Build registered variants by name from the run's baseline (or a checkpoint).
+
+    A chained name "a+b" builds "a" first (or reuses it when it exists) and then
+    "b" from it; `force` rebuilds the variants named, not the parents they reuse.
+    """
+    plans = {name: steps(name) for name in names}  # every name checked before anything is built
+    existing = [n for n in names if (run.variants_dir / n).exists()]
     if existing and not force:
         raise VggtoolError(f"variant(s) {', '.join(existing)} already exist in {run.variants_dir}; pass --force to rebuild")
     ctx = run_context(run, data_dir)
-    metas = {}
-    for name, recipe in recipes.items():
-        metas[name] = build_variant(recipe, source, ctx, run.variants_dir / name, force=force, name=name)
-        if on_done:
-            on_done(name, metas[name])
+    baseline = cache(lambda: source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle))
+    metas: dict[str, dict] = {}
+    for name, recipes in plans.items():
+        parts = name.split("+")
+        for i, recipe in enumerate(recipes):
+            step = "+".join(parts[: i + 1])
+            last = i == len(recipes) - 1
+            if not last and (step in metas or (run.variants_dir / step / META_FILE).exists()):
+                continue  # a parent built before, or earlier in this call
+            source = baseline() if i == 0 else source_from_variant(run.variants_dir / "+".join(parts[:i]))
+            metas[step] = build_variant(recipe, source, ctx, run.variants_dir / step, force=force, name=step)
+            if on_done:
+                on_done(step, metas[step])
     return metas
