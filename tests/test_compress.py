@@ -218,7 +218,7 @@ def test_recipes_compose_and_record_their_chain(built, trained_run, home):
     (["prune", "--global", "--amount", "1.0"], "[0, 1)"),
     (["prune", "--local", "--amount", "-0.1"], "[0, 1)"),
     (["prune"], "--global, --local or --structured"),
-    (["quantize"], "exactly one of --static or --dynamic"),
+    (["quantize"], "exactly one of --static, --dynamic"),
     (["quantize", "--static", "--dynamic"], "exactly one"),
     (["quantize", "--static", "--dtype", "float16"], "float16"),
     (["quantize", "--static", "--engine", "nosuch"], "not available"),

@@ -175,7 +175,7 @@ def test_unstructured_pruning_can_distill_too(own_run, home):
     (["--amount", "0.9999", "--finetune-epochs", "0"], "every channel of a layer"),
     (["--finetune-epochs", "0", "--distill"], "--finetune-epochs"),
     (["--importance", "bn"], "--keep-linear"),
-    (["--linear-amount", "0.2"], "applies to --global/--local only"),
+    (["--linear-amount", "0.2"], "applies to --global or --local only"),
     (["--teacher", "nosuch", "--distill", "--finetune-epochs", "1"], "nosuch does not exist"),
     (["--from-variant", "nosuch"], "no variant nosuch"),
     (["--finetune-epochs", "1", "--data-dir", "/nonexistent-data"], "vggtool data"),

@@ -27,6 +27,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except VggtoolError as e:
             raise click.ClickException(" ".join(str(e).split())) from None
+        except click.UsageError as e:  # a bad option value of a subcommand: one line too, naming the fix
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            raise click.UsageError(" ".join(e.format_message().split()) + hint) from None
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was left; `--resume` continues a training run", err=True)
             ctx.exit(130)
@@ -214,48 +217,13 @@ def _print_variants(run, metas):
     console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
 
 
-@main.command()
-@click.option("--dynamic", is_flag=True, help="Dynamic quantization of the Linear layers.")
-@click.option("--static", is_flag=True, help="Static int8 of the whole network, calibrated.")
-@click.option("--dtype", type=click.Choice(["int8", "float16"]), default="int8", show_default=True,
-              help="Weight type for --dynamic.")
-@click.option("--fuse", is_flag=True, help="Static: fold each Conv2d+BatchNorm2d before preparing.")
-@click.option("--fuse-relu", is_flag=True, help="Static with --fuse: fold the ReLU too.")
-@click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine: fbgemm/x86, or qnnpack on ARM.")
-@click.option("--per-tensor", is_flag=True, help="Static: per-tensor weight observers (default per-channel, the report's).")
-@click.option("--calib-size", type=int, default=1000, show_default=True,
-              help="Static: validation images used for calibration (never test images).")
-@click.option("--calib-seed", type=int, default=0, show_default=True,
-              help="Static: seed choosing which validation images calibrate.")
-@variant_options
-def quantize(dynamic, static, dtype, fuse, fuse_relu, engine, per_tensor, calib_size, calib_seed, **common):
-    """Post-training quantization: `--dynamic --dtype int8|float16` or `--static [--fuse]`.
-
-    \b
-      vggtool quantize --static --fuse        # the report's best variant
-      vggtool quantize --dynamic --dtype float16
-    """
-    from vggtool.compress.quant_torch import DynamicQuant, StaticQuant
-
-    if dynamic == static:
-        raise VggtoolError("choose exactly one of --static or --dynamic")
-    if dynamic:
-        if fuse or fuse_relu or per_tensor:
-            raise VggtoolError("--fuse, --fuse-relu and --per-tensor apply to --static only")
-        recipe = DynamicQuant(dtype, engine)
-    else:
-        if dtype != "int8":
-            raise VggtoolError("static quantization is int8 only; float16 weights need --dynamic")
-        recipe = StaticQuant(fuse, fuse_relu, engine, not per_tensor, calib_size, calib_seed)
-    _build(recipe, **common)
-
-
 def finetune_options(f):
     for opt in reversed([
         click.option("--finetune-epochs", type=int, default=None,
-                     help="Retrain this many epochs on the training split after pruning (the best epoch on the "
-                          "validation split is kept) [global/local: 0, structured: 5]."),
-        click.option("--finetune-lr", type=float, default=None, help="Peak learning rate of fine-tuning [0.01]."),
+                     help="Retrain this many epochs on the training split (the best epoch on the validation split "
+                          "is kept) [global/local: 0, structured: 5, qat: 3]."),
+        click.option("--finetune-lr", type=float, default=None,
+                     help="Peak learning rate of fine-tuning [0.01; qat: 0.001]."),
         click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine"]), default=None,
                      help="Learning-rate schedule of fine-tuning [onecycle]."),
         click.option("--distill", is_flag=True, default=None,
@@ -267,6 +235,75 @@ def finetune_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def _recipe(modes: dict[str, type], mode: str, options: dict):
+    """The recipe of `mode` from the options given; an option another mode owns is a one-line error."""
+    given = {k: v for k, v in options.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(modes[mode])}
+    for key in given:
+        if key not in fields:
+            owners = [f"--{m}" for m, cls in modes.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            option = {"prune_linear": "keep-linear", "per_channel": "per-tensor"}.get(key, key.replace("_", "-"))
+            raise VggtoolError(f"--{option} applies to {' or '.join(owners) or 'another command'} only")
+    return modes[mode](**given)
+
+
+@main.command()
+@click.option("--dynamic", is_flag=True, help="Dynamic quantization of the Linear layers (torch.ao).")
+@click.option("--static", is_flag=True, help="Static int8 of the whole network, calibrated (torch.ao).")
+@click.option("--qat", is_flag=True, help="Quantization-aware training, then int8 (torch.ao).")
+@click.option("--onnx", "onnx_", is_flag=True, help="ONNX Runtime static int8 (QDQ), calibrated.")
+@click.option("--dtype", type=click.Choice(["int8", "float16"]), default=None, help="Dynamic: weight type [int8].")
+@click.option("--fuse", is_flag=True, default=None,
+              help="Static: fold each Conv2d+BatchNorm2d before preparing (QAT always fuses).")
+@click.option("--fuse-relu", is_flag=True, default=None, help="Static with --fuse: fold the ReLU too.")
+@click.option("--engine", default=None, help="torch.ao quantized engine: fbgemm/x86, or qnnpack on ARM [fbgemm].")
+@click.option("--per-tensor", is_flag=True, default=None,
+              help="Static, QAT, ONNX: one weight scale per tensor (default per channel, the report's).")
+@click.option("--calib-size", type=int, default=None,
+              help="Static, ONNX: validation images used for calibration, never test images [1000].")
+@click.option("--calib-seed", type=int, default=None, help="Static, ONNX: seed choosing the calibration images [0].")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="ONNX: how activation ranges are chosen from calibration [minmax].")
+@click.option("--activations", type=click.Choice(["u8", "s8"]), default=None, help="ONNX: activation type [u8].")
+@click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="ONNX: 7-bit weights; auto = on where the CPU lacks VNNI, whose u8s8 sums can saturate [auto].")
+@click.option("--exclude", multiple=True, default=None,
+              help="ONNX: keep this node in float (repeatable; see the layer sensitivity in meta.json / REPORT.md).")
+@click.option("--sensitivity-images", type=int, default=None,
+              help="ONNX: quantize each layer alone and record its validation error on this many images [0: off].")
+@click.option("--opset", type=int, default=None, help="ONNX: opset of the exported graph [15].")
+@finetune_options
+@variant_options
+def quantize(dynamic, static, qat, onnx_, per_tensor, exclude, **options):
+    """Quantization: `--dynamic`, `--static [--fuse]` (the report's), `--qat`
+    (quantization-aware training) or `--onnx` (ONNX Runtime int8).
+
+    \b
+      vggtool quantize --static --fuse                # the report's best variant
+      vggtool quantize --dynamic --dtype float16
+      vggtool quantize --qat --finetune-epochs 3 --distill
+      vggtool quantize --onnx --calibration entropy --sensitivity-images 500
+      vggtool quantize --static --fuse --from-variant structured-0.5-kd
+    """
+    from vggtool.compress.quant_onnx import OnnxInt8
+    from vggtool.compress.quant_torch import DynamicQuant, QatQuant, StaticQuant
+
+    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
+                                          "trust_pickle")}
+    chosen = [m for m, on in (("dynamic", dynamic), ("static", static), ("qat", qat), ("onnx", onnx_)) if on]
+    if len(chosen) != 1:
+        raise VggtoolError("choose exactly one of --static, --dynamic, --qat or --onnx")
+    mode = chosen[0]
+    if mode != "dynamic" and options.get("dtype") == "float16":
+        raise VggtoolError("static quantization is int8 only; float16 weights need --dynamic")
+    if mode != "dynamic":
+        options.pop("dtype")
+    options["per_channel"] = False if per_tensor else None
+    options["exclude"] = tuple(exclude) or None
+    modes = {"dynamic": DynamicQuant, "static": StaticQuant, "qat": QatQuant, "onnx": OnnxInt8}
+    _build(_recipe(modes, mode, options), **common)
 
 
 @main.command(name="prune")
@@ -310,20 +347,11 @@ def prune_cmd(scope, **options):
                                           "trust_pickle")}
     if scope is None:
         raise VggtoolError("choose --global, --local or --structured")
-    if options.pop("keep_linear"):
-        options["prune_linear"] = False
-    given = {k: v for k, v in options.items() if v is not None}
-    if scope == "structured":
-        recipe_type, params = StructuredPrune, given
-    else:
-        recipe_type, params = L1Prune, {"scope": scope, **given}
-    known = {f.name for f in dataclasses.fields(recipe_type)}
-    wrong = [k for k in params if k not in known]
-    if wrong:
-        other = "--global/--local" if scope == "structured" else "--structured"
-        raise VggtoolError(f"--{wrong[0].replace('_', '-').replace('prune-linear', 'keep-linear')} applies to "
-                           f"{other} only")
-    _build(recipe_type(**params), **common)
+    options["prune_linear"] = False if options.pop("keep_linear") else None
+    if scope != "structured":
+        options["scope"] = scope
+    modes = {"global": L1Prune, "local": L1Prune, "structured": StructuredPrune}
+    _build(_recipe(modes, scope, options), **common)
 
 
 @main.command(name="export")

@@ -56,9 +56,15 @@ def to_onnx(model: nn.Module, path: Path, opset: int = 15) -> None:
 
 
 def ort_session(path: Path, threads: int = 0):
-    """An ONNX Runtime CPU session; `threads` > 0 sets the intra-op pool size."""
+    """An ONNX Runtime CPU session, created only after the file passes onnx.checker;
+    `threads` > 0 sets the intra-op pool size."""
+    import onnx
     import onnxruntime as ort
 
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # onnx raises checker, protobuf and OS errors alike for a bad file
+        raise VggtoolError(f"{path} fails the ONNX checker ({' '.join(str(e).split())[:200]})") from None
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

@@ -58,18 +58,21 @@ def dynamic(model: nn.Module, dtype: str, engine: str = "fbgemm") -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear}, dtype=qdtype)
 
 
-def _fuse(features: nn.Sequential, with_relu: bool) -> None:
-    from torch.ao.quantization import fuse_modules
+def _fuse(features: nn.Sequential, with_relu: bool, qat: bool) -> None:
+    from torch.ao.quantization import fuse_modules, fuse_modules_qat
 
     groups = []
     for i, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d) and isinstance(features[i + 1], nn.BatchNorm2d):
             groups.append([str(i), str(i + 1)] + ([str(i + 2)] if with_relu else []))
-    fuse_modules(features, groups, inplace=True)
+    # QAT keeps BatchNorm alive inside ConvBn modules so it can still learn; post-training folds it
+    (fuse_modules_qat if qat else fuse_modules)(features, groups, inplace=True)
 
 
-def prepare_static(model: nn.Module, *, fuse: bool, fuse_relu: bool, engine: str, per_channel: bool) -> nn.Module:
-    """Sequential(QuantStub, model, DeQuantStub) with observers in place, ready for calibration.
+def prepare_static(model: nn.Module, *, fuse: bool, fuse_relu: bool, engine: str, per_channel: bool,
+                   qat: bool = False) -> nn.Module:
+    """Sequential(QuantStub, model, DeQuantStub) with observers in place, ready for calibration,
+    or with `qat` fake-quantization in place, ready for training.
 
     A copy of `model` is prepared; the original stays float. Calibrate (or,
     for QAT, train) the result, then `convert` it.
@@ -78,14 +81,18 @@ def prepare_static(model: nn.Module, *, fuse: bool, fuse_relu: bool, engine: str
 
     use_engine(engine)
     with _quiet():
-        m = copy.deepcopy(model).eval().cpu()
+        m = copy.deepcopy(model).cpu().train(qat)
         if fuse:
-            _fuse(m.features, fuse_relu)
-        wrapped = nn.Sequential(q.QuantStub(), m, q.DeQuantStub()).eval()
-        base = q.get_default_qconfig(engine)
-        weight = q.default_per_channel_weight_observer if per_channel else q.default_weight_observer
+            _fuse(m.features, fuse_relu, qat)
+        wrapped = nn.Sequential(q.QuantStub(), m, q.DeQuantStub()).train(qat)
+        if qat:
+            base = q.get_default_qat_qconfig(engine)
+            weight = q.default_fused_per_channel_wt_fake_quant if per_channel else q.default_fused_wt_fake_quant
+        else:
+            base = q.get_default_qconfig(engine)
+            weight = q.default_per_channel_weight_observer if per_channel else q.default_weight_observer
         wrapped.qconfig = q.QConfig(activation=base.activation, weight=weight)
-        q.prepare(wrapped, inplace=True)
+        (q.prepare_qat if qat else q.prepare)(wrapped, inplace=True)
     return wrapped
 
 

@@ -295,7 +295,11 @@ def finetune(model, train_split, cfg: TrainConfig, *, val_split=None, extra_loss
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(record)
     if best_state is not None:
-        model.load_state_dict(best_state)
+        # copied in place rather than through load_state_dict, which torch 2.0's per-channel QAT observers
+        # cannot read back (they save min_val and expect min_vals)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                value.copy_(best_state[key])
     model.cpu().eval()
     return {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "history": history,
             "best_epoch": best["epoch"] if best else cfg.epochs - 1}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from vggtool import quant_ao
-from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, register, skeleton
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, register, skeleton
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.models import build_model
@@ -85,6 +85,42 @@ class StaticQuant(Recipe):
         return {"fuse": self.fuse, "fuse_relu": self.fuse_relu, "engine": self.engine, "per_channel": self.per_channel}
 
 
+@dataclass(frozen=True, kw_only=True)
+class QatQuant(FineTuning, Recipe):
+    """Quantization-aware training: fuse, insert fake quantization, fine-tune on the
+    training split (optionally distilling from the float parent), convert to int8."""
+
+    output = Output.QUANTIZED
+    stem_fields = ("distill",)
+
+    fuse: bool = True
+    engine: str = "fbgemm"
+    per_channel: bool = True
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.001  # weights start trained: a small rate, as torchvision's QAT reference uses
+
+    def __post_init__(self):
+        if self.finetune_epochs < 1:
+            raise VggtoolError("quantization-aware training needs --finetune-epochs of at least 1")
+        self.check_finetuning()
+
+    @property
+    def stem(self) -> str:
+        return "qat-int8" + self.tuning_stem
+
+    @property
+    def label(self):
+        return "Quantization-Aware Training" + (" (KD)" if self.distill else ""), "int8"
+
+    @property
+    def tolerance(self):
+        return None  # training moves the weights on purpose; accuracy is what counts
+
+    @property
+    def scheme(self) -> dict:
+        return {"fuse": self.fuse, "fuse_relu": False, "engine": self.engine, "per_channel": self.per_channel}
+
+
 def _quantized_figures(model) -> dict:
     return {"quantized_modules": len(quant_ao.quantized_modules(model))}
 
@@ -114,6 +150,20 @@ def _built(model, source) -> Built:
     return Built(model, source.spec, _quantized_figures(model))
 
 
+@apply.register
+def _(recipe: QatQuant, source, ctx, workdir):
+    prepared = quant_ao.prepare_static(source.model, qat=True, **recipe.scheme)
+    figures = {"finetune": recipe.finetune(prepared, source, ctx, "quantization-aware training")}
+    built = _built(quant_ao.convert(prepared.cpu()), source)
+    built.figures.update(figures)
+    return built
+
+
+@skeleton.register
+def _(recipe: QatQuant, spec):
+    return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)  # the same kernels as static int8
+
+
 @skeleton.register
 def _(recipe: DynamicQuant, spec):
     return quant_ao.dynamic(build_model(spec), recipe.dtype, recipe.engine)
@@ -126,3 +176,4 @@ def _(recipe: StaticQuant, spec):
 
 register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True),
          sets=("report",))
+register(QatQuant(), QatQuant(distill=True), sets=("beyond",))

@@ -1,0 +1,166 @@
+"""ONNX Runtime int8 and quantization-aware training on a tiny model: close to fp32
+within the stated tolerance, really int8, reloadable, benched; bad input refused."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from vggtool import compress as c
+from vggtool import quant_ao
+from vggtool.compress.quant_onnx import OnnxInt8, has_vnni
+from vggtool.compress.quant_torch import QatQuant
+from vggtool.data import batches, load_splits
+
+from .conftest import in_home, invoke, one_line_error
+
+
+@pytest.fixture(scope="module")
+def quantized(trained_run, session_home, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("quantizers") / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("variants", "results"))
+    with in_home(session_home):
+        invoke("compress", "--run-dir", str(run), "--variant", "baseline", "--variant", "onnx-fp32")
+        invoke("quantize", "--onnx", "--sensitivity-images", "50", "--run-dir", str(run))
+        invoke("quantize", "--qat", "--finetune-epochs", "2", "--distill", "--run-dir", str(run))
+    return run
+
+
+def meta(run, name):
+    return json.loads((run / "variants" / name / "meta.json").read_text())
+
+
+def int8_weights(graph) -> list:
+    """int8 initializers of two or more dimensions: weights, not per-channel zero points."""
+    return [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+
+
+def logits(run, name, x):
+    return torch.as_tensor(c.load_variant(run / "variants" / name).predict(x)).float()
+
+
+@pytest.fixture(scope="module")
+def x(session_home):
+    return next(batches(load_splits(session_home / "data", val_size=100).test, 64))[0]
+
+
+def test_onnx_int8_follows_fp32_within_its_tolerance(quantized, x):
+    from .test_compress import within
+
+    ref = logits(quantized, "baseline", x)
+    assert within(OnnxInt8().tolerance, ref, logits(quantized, "onnx-int8", x))
+    assert not within(OnnxInt8().tolerance, ref, torch.zeros_like(ref))
+
+
+def test_onnx_int8_is_int8_qdq_and_records_its_scheme(quantized):
+    m = meta(quantized, "onnx-int8")
+    f = m["figures"]
+    assert m["output"] == "onnx" and f["calibration_split"] == "val" and f["calibration_images"] == 100
+    assert f["reduce_range"] == (not has_vnni()) and f["cpu_vnni"] == has_vnni()  # auto: the CPU decides
+    assert f["scheme"].startswith("u8s8")
+    graph = onnx.load(str(quantized / "variants" / "onnx-int8" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 11
+    assert len(int8_weights(graph)) == 8 + 3  # every Conv and Gemm weight
+    fp32_size = meta(quantized, "onnx-fp32")["figures"]["file_bytes"]
+    assert f["file_bytes"] < 0.4 * fp32_size
+    assert f["parity"]["top1_agreement"] >= 0.9
+
+
+def test_layer_sensitivity_covers_every_weight_layer(quantized):
+    rows = meta(quantized, "onnx-int8")["figures"]["layer_sensitivity"]
+    assert len(rows) == 11 and len({r["node"] for r in rows}) == 11
+    assert all(0 <= r["top1_agreement"] <= 1 for r in rows)
+    assert rows == sorted(rows, key=lambda r: (r["top1_agreement"], -r["max_abs_logit_diff"]))
+
+
+def test_exclude_keeps_a_layer_in_float(quantized, home):
+    node = meta(quantized, "onnx-int8")["figures"]["layer_sensitivity"][0]["node"]
+    invoke("quantize", "--onnx", "--exclude", node, "--calibration", "entropy", "--name", "ort-excl", "--run-dir",
+           str(quantized))
+    graph = onnx.load(str(quantized / "variants" / "ort-excl" / "model.onnx")).graph
+    excluded = next(n for n in graph.node if n.name == node)
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers.get(excluded.input[1]) != "DequantizeLinear"  # its weight is a plain float initializer
+    assert meta(quantized, "ort-excl")["figures"]["float_nodes"] == [node]
+    assert len(int8_weights(graph)) == 10
+
+
+def test_qat_trains_between_prepare_and_convert(quantized, x):
+    m = meta(quantized, "qat-int8-kd-finetuneepochs2")
+    assert m["recipe"]["params"]["distill"] is True and len(m["figures"]["finetune"]["history"]) == 2
+    model = c.load_variant(quantized / "variants" / "qat-int8-kd-finetuneepochs2").model
+    weights = [mod.weight() for mod in model.modules() if callable(getattr(mod, "weight", None))]
+    assert len(weights) == 8 + 3 and all(w.dtype == torch.qint8 for w in weights)
+    assert not any("BatchNorm" in type(mod).__name__ for mod in model.modules())  # folded on convert
+    ref = logits(quantized, "baseline", x)
+    out = logits(quantized, "qat-int8-kd-finetuneepochs2", x)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.8 and not torch.equal(out, ref)
+
+
+def test_qat_and_onnx_int8_are_benched_and_reported(quantized, home, tmp_path):
+    invoke("bench", "--run-dir", str(quantized), "--variant", "baseline", "--variant", "onnx-int8", "--variant",
+           "qat-int8-kd-finetuneepochs2", "--quick", "--rounds", "1", "--single-calls", "3", "--threads", "1",
+           "--results-dir", str(tmp_path))
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert all(r["status"] == "ok" and r["batch_ms"] > 0 for r in rows.values())
+    base = rows["baseline"]["top1_err"]
+    assert rows["onnx-int8"]["top1_err"] <= base + 0.1 and rows["qat-int8-kd-finetuneepochs2"]["top1_err"] <= base + 0.2
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "ONNX Runtime Static (minmax)" in report and "Quantization-Aware Training (KD)" in report
+
+
+def test_torch_ao_prepare_for_qat_has_fake_quantization():
+    from vggtool.models import ArchSpec, build_model
+
+    prepared = quant_ao.prepare_static(build_model(ArchSpec("vgg11_bn", 10, 0.125)), fuse=True, fuse_relu=False,
+                                       engine="fbgemm", per_channel=True, qat=True)
+    kinds = {type(m).__name__ for m in prepared.modules()}
+    assert prepared.training and "ConvBn2d" in kinds and any("FakeQuantize" in k for k in kinds)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--onnx", "--calibration", "median"], "Invalid value for '--calibration'"),
+    (["--onnx", "--exclude", "nosuch-node"], "no node 'nosuch-node'"),
+    (["--onnx", "--finetune-epochs", "2"], "applies to --qat only"),
+    (["--qat", "--finetune-epochs", "0"], "at least 1"),
+    (["--qat", "--data-dir", "/nonexistent-data"], "vggtool data"),
+    (["--static", "--calibration", "entropy"], "applies to --onnx only"),
+])
+def test_quantizer_bad_input(own_run, home, args, fragment):
+    one_line_error(invoke("quantize", *args, "--run-dir", str(own_run), ok=False), fragment)
+    variants = own_run / "variants"
+    assert not variants.exists() or not list(variants.iterdir())
+
+
+def test_empty_calibration_set_is_refused(own_run, home):
+    config = json.loads((own_run / "config.json").read_text())
+    config["config"]["val_size"] = 0
+    (own_run / "config.json").write_text(json.dumps(config))
+    one_line_error(invoke("quantize", "--onnx", "--run-dir", str(own_run), ok=False), "validation split is empty")
+    assert not (own_run / "variants").exists() or not list((own_run / "variants").iterdir())
+
+
+def test_an_onnx_file_failing_the_checker_is_refused(quantized, home, tmp_path):
+    import shutil
+
+    bad = quantized / "variants" / "onnx-bad"
+    shutil.copytree(quantized / "variants" / "onnx-fp32", bad)
+    model = onnx.load(str(bad / "model.onnx"))
+    model.graph.node[0].input[0] = "no-such-tensor"
+    onnx.save(model, str(bad / "model.onnx"))
+    one_line_error(invoke("evaluate", "--variant", "onnx-bad", "--run-dir", str(quantized), ok=False),
+                   "fails the ONNX checker")
+    shutil.rmtree(bad)
+
+
+def test_recipe_validation():
+    from vggtool.errors import VggtoolError
+
+    with pytest.raises(VggtoolError, match="unknown calibration"):
+        OnnxInt8(calibration="median")
+    with pytest.raises(VggtoolError, match="at least 1"):
+        QatQuant(finetune_epochs=0)
