@@ -9,8 +9,9 @@ import torch
 
 from vggtool import compress as c
 from vggtool import quant_ao
-from vggtool.compress.quant_onnx import OnnxInt8, has_vnni
+from vggtool.compress.quant_onnx import OnnxInt8
 from vggtool.compress.quant_torch import QatQuant
+from vggtool.cpu import has_vnni
 from vggtool.data import batches, load_splits
 
 from .conftest import in_home, invoke, one_line_error
@@ -164,3 +165,43 @@ def test_recipe_validation():
         OnnxInt8(calibration="median")
     with pytest.raises(VggtoolError, match="at least 1"):
         QatQuant(finetune_epochs=0)
+
+
+PT2E_REASON = __import__("vggtool.compress.quant_pt2e", fromlist=["unavailable"]).unavailable()
+
+
+@pytest.mark.skipif(PT2E_REASON is not None, reason=f"PT2E unavailable: {PT2E_REASON}")
+def test_pt2e_builds_compiles_reloads_and_follows_fp32(own_run, home, x):
+    import subprocess
+    import sys
+
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
+    invoke("quantize", "--pt2e", "--run-dir", str(own_run))
+    m = meta(own_run, "pt2e-int8")
+    assert m["figures"]["compile_seconds"] > 0 and m["figures"]["calibration_split"] == "val"
+    ref = logits(own_run, "baseline", x)
+    out = logits(own_run, "pt2e-int8", x)
+    assert within_tolerance(ref, out)
+    code = ("import json, torch; from vggtool.compress import load_variant; "
+            f"x = torch.load({str(own_run / 'x.pt')!r}); "
+            f"print(json.dumps(torch.as_tensor(load_variant({str(own_run / 'variants' / 'pt2e-int8')!r}).predict(x))"
+            ".tolist()))")
+    torch.save(x, own_run / "x.pt")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert torch.allclose(torch.tensor(json.loads(fresh.stdout.splitlines()[-1])), out, atol=1e-4)
+
+
+def within_tolerance(ref, out) -> bool:
+    from vggtool.compress.quant_pt2e import Pt2eQuant
+
+    from .test_compress import within
+
+    return within(Pt2eQuant().tolerance, ref, out)
+
+
+@pytest.mark.skipif(PT2E_REASON is None, reason="PT2E is available on this stack")
+def test_pt2e_unavailable_is_one_line(own_run, home):
+    one_line_error(invoke("quantize", "--pt2e", "--run-dir", str(own_run), ok=False), "PT2E path is unavailable",
+                   PT2E_REASON)
+    assert not (own_run / "variants").exists() or not list((own_run / "variants").iterdir())

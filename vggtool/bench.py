@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vggtool.compress import Variant, load_variant, versions
+from vggtool.cpu import cpu_info
 from vggtool.data import Split, batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, evaluate
@@ -78,21 +79,6 @@ def apply_settings(settings: BenchSettings) -> None:
     from vggtool.quant_ao import use_engine
 
     use_engine(settings.engine)
-
-
-def cpu_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
-    return {"cpu_model": model, "cpu_flags": " ".join(f for f in wanted if f in flags), "logical_cpus": os.cpu_count()}
 
 
 def git_commit() -> str:

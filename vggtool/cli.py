@@ -254,6 +254,8 @@ def _recipe(modes: dict[str, type], mode: str, options: dict):
 @click.option("--static", is_flag=True, help="Static int8 of the whole network, calibrated (torch.ao).")
 @click.option("--qat", is_flag=True, help="Quantization-aware training, then int8 (torch.ao).")
 @click.option("--onnx", "onnx_", is_flag=True, help="ONNX Runtime static int8 (QDQ), calibrated.")
+@click.option("--pt2e", is_flag=True,
+              help="PyTorch 2 export int8 (torchao, x86 Inductor quantizer), run with torch.compile; current stacks only.")
 @click.option("--dtype", type=click.Choice(["int8", "float16"]), default=None, help="Dynamic: weight type [int8].")
 @click.option("--fuse", is_flag=True, default=None,
               help="Static: fold each Conv2d+BatchNorm2d before preparing (QAT always fuses).")
@@ -262,13 +264,13 @@ def _recipe(modes: dict[str, type], mode: str, options: dict):
 @click.option("--per-tensor", is_flag=True, default=None,
               help="Static, QAT, ONNX: one weight scale per tensor (default per channel, the report's).")
 @click.option("--calib-size", type=int, default=None,
-              help="Static, ONNX: validation images used for calibration, never test images [1000].")
-@click.option("--calib-seed", type=int, default=None, help="Static, ONNX: seed choosing the calibration images [0].")
+              help="Static, ONNX, PT2E: validation images used for calibration, never test images [1000].")
+@click.option("--calib-seed", type=int, default=None, help="Static, ONNX, PT2E: seed choosing the calibration images [0].")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="ONNX: how activation ranges are chosen from calibration [minmax].")
 @click.option("--activations", type=click.Choice(["u8", "s8"]), default=None, help="ONNX: activation type [u8].")
 @click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="ONNX: 7-bit weights; auto = on where the CPU lacks VNNI, whose u8s8 sums can saturate [auto].")
+              help="ONNX, PT2E: 7-bit weights; auto = on where the CPU lacks VNNI, whose u8s8 sums can saturate [auto].")
 @click.option("--exclude", multiple=True, default=None,
               help="ONNX: keep this node in float (repeatable; see the layer sensitivity in meta.json / REPORT.md).")
 @click.option("--sensitivity-images", type=int, default=None,
@@ -276,25 +278,29 @@ def _recipe(modes: dict[str, type], mode: str, options: dict):
 @click.option("--opset", type=int, default=None, help="ONNX: opset of the exported graph [15].")
 @finetune_options
 @variant_options
-def quantize(dynamic, static, qat, onnx_, per_tensor, exclude, **options):
+def quantize(dynamic, static, qat, onnx_, pt2e, per_tensor, exclude, **options):
     """Quantization: `--dynamic`, `--static [--fuse]` (the report's), `--qat`
-    (quantization-aware training) or `--onnx` (ONNX Runtime int8).
+    (quantization-aware training), `--onnx` (ONNX Runtime int8) or `--pt2e`
+    (PyTorch 2 export with torch.compile).
 
     \b
       vggtool quantize --static --fuse                # the report's best variant
       vggtool quantize --dynamic --dtype float16
       vggtool quantize --qat --finetune-epochs 3 --distill
       vggtool quantize --onnx --calibration entropy --sensitivity-images 500
+      vggtool quantize --pt2e
       vggtool quantize --static --fuse --from-variant structured-0.5-kd
     """
     from vggtool.compress.quant_onnx import OnnxInt8
+    from vggtool.compress.quant_pt2e import Pt2eQuant
     from vggtool.compress.quant_torch import DynamicQuant, QatQuant, StaticQuant
 
     common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
                                           "trust_pickle")}
-    chosen = [m for m, on in (("dynamic", dynamic), ("static", static), ("qat", qat), ("onnx", onnx_)) if on]
+    chosen = [m for m, on in (("dynamic", dynamic), ("static", static), ("qat", qat), ("onnx", onnx_), ("pt2e", pt2e))
+              if on]
     if len(chosen) != 1:
-        raise VggtoolError("choose exactly one of --static, --dynamic, --qat or --onnx")
+        raise VggtoolError("choose exactly one of --static, --dynamic, --qat, --onnx or --pt2e")
     mode = chosen[0]
     if mode != "dynamic" and options.get("dtype") == "float16":
         raise VggtoolError("static quantization is int8 only; float16 weights need --dynamic")
@@ -302,7 +308,7 @@ def quantize(dynamic, static, qat, onnx_, per_tensor, exclude, **options):
         options.pop("dtype")
     options["per_channel"] = False if per_tensor else None
     options["exclude"] = tuple(exclude) or None
-    modes = {"dynamic": DynamicQuant, "static": StaticQuant, "qat": QatQuant, "onnx": OnnxInt8}
+    modes = {"dynamic": DynamicQuant, "static": StaticQuant, "qat": QatQuant, "onnx": OnnxInt8, "pt2e": Pt2eQuant}
     _build(_recipe(modes, mode, options), **common)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vggtool import checkpoint, export
-from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, recipe_from_dict, skeleton
+from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, finalize, recipe_from_dict, skeleton
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
 from vggtool.files import atomic_dir, read_json, write_json
@@ -120,7 +120,7 @@ def _figures(recipe: Recipe, source: Source, built: Built, folder: Path) -> dict
         raise VggtoolError(f"recipe {recipe.name} declared {recipe.output.value} output but built no model")
     checkpoint.save(folder / MODEL_FILE, built.model.state_dict(), {"kind": "variant", "recipe": recipe.to_dict(),
                                                                     "spec": built.spec.to_dict()})
-    return {**built.figures, **model_figures(built.model), **file_figures(folder / MODEL_FILE)}
+    return {**model_figures(built.model), **file_figures(folder / MODEL_FILE), **built.figures}
 
 
 # ---------------------------------------------------------------- reading
@@ -164,7 +164,7 @@ def load_variant(folder: Path, threads: int = 0) -> Variant:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         raise VggtoolError(f"{folder / MODEL_FILE} does not fit recipe {recipe.name}: {str(e).splitlines()[0]}") from None
-    model.eval()
+    model = finalize(recipe, model)
     return Variant(name, meta, recipe, spec, torch_predict(model), model)
 
 

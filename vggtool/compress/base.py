@@ -278,6 +278,13 @@ def apply(recipe: Recipe, source: Source, ctx: Context, workdir: Path) -> Built:
 
 
 @singledispatch
+def finalize(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """What a loaded model becomes before it runs: itself in eval mode, or e.g. a
+    compiled form that cannot be stored and is rebuilt from what was."""
+    return model.eval()
+
+
+@singledispatch
 def skeleton(recipe: Recipe, spec: ArchSpec) -> nn.Module:
     """The module structure a saved state_dict of this recipe loads into:
     the plain VGG for float outputs; quantized recipes register their own."""

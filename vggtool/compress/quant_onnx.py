@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vggtool import export
+from vggtool import cpu, export
 from vggtool.compress.artifact import ONNX_FILE
 from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, register
 from vggtool.data import batches
@@ -25,15 +25,6 @@ from vggtool.evaluate import compare, evaluate, torch_predict
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("u8", "s8")
-
-
-def has_vnni() -> bool:
-    """Whether this CPU has 8-bit dot products (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 @dataclass(frozen=True)
@@ -78,7 +69,7 @@ class OnnxInt8(Recipe):
         return Tolerance(0.25, 0.9)
 
     def reduced(self) -> bool:
-        return self.reduce_range == "on" or (self.reduce_range == "auto" and not has_vnni())
+        return cpu.reduce_range(self.reduce_range)
 
 
 class _Reader:
@@ -142,7 +133,7 @@ def _(recipe: OnnxInt8, source, ctx, workdir):
     calib = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(recipe.calib_seed))[:n])
     quantize(prepared, out, recipe, calib, ctx.batch_size)
     figures = {"calibration_images": n, "calibration_split": "val", "calibration": recipe.calibration,
-               "reduce_range": recipe.reduced(), "cpu_vnni": has_vnni(),
+               "reduce_range": recipe.reduced(), "cpu_vnni": cpu.has_vnni(),
                "scheme": f"{recipe.activations}s8" + (" reduce_range" if recipe.reduced() else ""),
                "float_nodes": list(recipe.exclude)}
     if recipe.sensitivity_images:
