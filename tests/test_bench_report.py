@@ -32,13 +32,89 @@ def sleeper(per_call_ms):
 
 def test_batch_protocol_with_a_predictor_of_known_cost():
     # 64 images in batches of 16 = 4 calls of 8 ms: 32 ms / 64 images = 0.5 ms per image
-    ms = bench.batch_ms(sleeper(8), bench.prepare(split(64), 16), warmup=2)
-    assert ms == pytest.approx(0.5, rel=0.25)
+    timing = bench.batch_timing(sleeper(8), bench.prepare(split(64), 16), warmup=2)
+    assert timing.ms_per_image == pytest.approx(0.5, rel=0.25)
+    assert (timing.calls, timing.images) == (4, 64)  # the report's protocol: every image once
+
+
+class FakeClock:
+    """A clock that moves only when a predictor 'runs': costs are exact, noise is injected."""
+
+    def __init__(self, seed=0):
+        import random
+
+        self.now, self.rng = 0.0, random.Random(seed)
+
+    def __call__(self):
+        return self.now
+
+    def predictor(self, ms, noise=0.0, drift=None):
+        def predict(x):
+            factor = 1 + self.rng.uniform(-noise, noise)
+            self.now += ms / 1000 * factor * (drift() if drift else 1)
+            return torch.zeros(len(x), 10)
+
+        return predict
+
+
+def test_autorange_covers_the_minimum_time_in_whole_batches():
+    clock = FakeClock()
+    prepared = bench.prepare(split(64), 16)
+    timing = bench.batch_timing(clock.predictor(5), prepared, warmup=0, min_time=0.1, clock=clock)
+    assert timing.seconds >= 0.1 and timing.calls == 20 and timing.images == 20 * 16
+    assert timing.ms_per_image == pytest.approx(5 / 16)
+    times = bench.batch1_times(clock.predictor(2), [torch.zeros(1, 3, 32, 32)], warmup=0, calls=3, min_time=0.05,
+                               clock=clock)
+    assert len(times) == 25 and sum(times) >= 50
+
+
+def test_warm_up_stops_once_the_call_time_settles():
+    clock = FakeClock()
+    costs = iter([50, 30, 20, 10, 10, 10, 10, 10, 10] + [10] * 100)
+    predict_calls = []
+
+    def predict(x):
+        predict_calls.append(1)
+        clock.now += next(costs) / 1000
+
+    made = bench.warm_up(predict, [torch.zeros(1)], max_calls=60, clock=clock)
+    assert made == len(predict_calls) == 9  # blocks (50,30,20) (10,10,10) (10,10,10): settled on the third
+    assert bench.warm_up(predict, [torch.zeros(1)], max_calls=0, clock=clock) == 0
+
+
+def test_speedup_intervals_cover_the_true_ratio_under_noise_and_drift():
+    clock = FakeClock(seed=3)
+    rounds = {"slow": 1.0}
+    drift = lambda: rounds["slow"]  # noqa: E731  the machine slows down from round to round
+    base, cand = clock.predictor(8, noise=0.3, drift=drift), clock.predictor(4, noise=0.3, drift=drift)
+    prepared = bench.prepare(split(64), 16)
+    a, b = [], []
+    for r in range(7):
+        rounds["slow"] = 1 + 0.2 * r
+        a.append(bench.batch_timing(base, prepared, 0, 0.02, clock).ms_per_image)
+        b.append(bench.batch_timing(cand, prepared, 0, 0.02, clock).ms_per_image)
+    mid, lo, hi = bench.ratio_interval(a, b)
+    assert lo <= 2.0 <= hi and hi - lo < 0.6
+    assert max(a) / min(a) > 1.8  # the drift was real: per-round ratios removed it
+    assert mid == pytest.approx(2.0, rel=0.1)
+
+
+def test_repeat_check_reports_the_injected_difference():
+    def timings(ms):
+        return [bench.Timing(ms, 16, 1, ms / 1000 * 16)] * 3
+
+    singles = [[1.0] * 5] * 3
+    passes = [({"baseline": timings(8.0), "v": timings(4.0)}, {"baseline": [[8.0] * 5] * 3, "v": singles}),
+              ({"baseline": timings(8.0), "v": timings(5.0)}, {"baseline": [[8.0] * 5] * 3, "v": singles})]
+    spread = bench._repeat_spread(passes, "baseline")
+    assert spread["variants"]["v"]["batch_speedup"] == [2.0, 1.6]
+    assert spread["batch_speedup_max_rel_diff"] == pytest.approx(0.4 / 1.8)
+    assert spread["b1_speedup_max_rel_diff"] == 0.0
 
 
 def test_batch1_times_with_a_predictor_of_known_cost():
     times = bench.batch1_times(sleeper(5), [x for x, _ in bench.prepare(split(8), 1)], warmup=3, calls=20)
-    assert len(times) == 20
+    assert len(times) == 20  # no minimum time asked: exactly the calls
     assert sorted(times)[10] == pytest.approx(5.0, rel=0.3)
 
 
@@ -190,18 +266,34 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     (broken / "model.safetensors").write_bytes(b"corrupt")
     out = invoke("bench", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
                  "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--rounds", "2", "--threads", "1",
-                 "--results-dir", str(tmp_path)).output
+                 "--min-time", "0.1", "--repeat-check", "--results-dir", str(tmp_path)).output
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
     assert rows["broken"]["status"].startswith("failed") and "broken" in out
     for name in ("baseline", "static-int8-fused", "onnx-fp32"):
         assert rows[name]["status"] == "ok" and rows[name]["images_accuracy"] == 100
         assert rows[name]["batch_ms"] > 0 and rows[name]["b1_ms_median"] > 0
-        assert rows[name]["rounds"] == 2
+        assert rows[name]["rounds"] == 2 * 2  # two passes of two rounds
+        assert rows[name]["batch_speedup_lo"] <= rows[name]["batch_speedup"] <= rows[name]["batch_speedup_hi"]
+        assert rows[name]["images_timed"] >= 16 and rows[name]["calls_timed"] * 16 >= rows[name]["images_timed"]
     assert rows["baseline"]["batch_speedup"] == pytest.approx(1.0)
+    spread = results["repeat_check"]
+    assert set(spread["variants"]) == {"baseline", "static-int8-fused", "onnx-fp32"}
+    assert spread["batch_speedup_max_rel_diff"] >= 0 and "## Run-to-run spread" in (tmp_path / "REPORT.md").read_text()
+    assert results["settings"]["protocol"] == "time" and results["settings"]["min_time"] == 0.1
     assert results["environment"]["torch_threads"] == 1
     assert results["environment"]["torch"] == torch.__version__
     assert "Post-Training Static Fuse" in (tmp_path / "REPORT.md").read_text()
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}
+
+
+def test_report_protocol_times_every_image_once(own_run, home, tmp_path):
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
+    invoke("bench", "--run-dir", str(own_run), "--protocol", "report", "--rounds", "1", "--single-calls", "3",
+           "--threads", "1", "--results-dir", str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    (row,) = results["rows"]
+    assert (row["images_timed"], row["calls_timed"]) == (100, 7)  # 100 test images in batches of 16
+    assert "Runtime is the report's protocol" in (tmp_path / "REPORT.md").read_text()

@@ -104,7 +104,8 @@ def test_qat_trains_between_prepare_and_convert(quantized, x):
 
 def test_qat_and_onnx_int8_are_benched_and_reported(quantized, home, tmp_path):
     invoke("bench", "--run-dir", str(quantized), "--variant", "baseline", "--variant", "onnx-int8", "--variant",
-           "qat-int8-kd-finetuneepochs2", "--quick", "--rounds", "1", "--single-calls", "3", "--threads", "1",
+           "qat-int8-kd-finetuneepochs2", "--quick", "--rounds", "1", "--min-time", "0.05",
+           "--single-calls", "3", "--threads", "1",
            "--results-dir", str(tmp_path))
     rows = {r["variant"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     assert all(r["status"] == "ok" and r["batch_ms"] > 0 for r in rows.values())
@@ -112,6 +113,7 @@ def test_qat_and_onnx_int8_are_benched_and_reported(quantized, home, tmp_path):
     assert rows["onnx-int8"]["top1_err"] <= base + 0.1 and rows["qat-int8-kd-finetuneepochs2"]["top1_err"] <= base + 0.2
     report = (tmp_path / "REPORT.md").read_text()
     assert "ONNX Runtime Static (minmax)" in report and "Quantization-Aware Training (KD)" in report
+    assert "## int8 sensitivity per layer of `onnx-int8`" in report
 
 
 def test_torch_ao_prepare_for_qat_has_fake_quantization():

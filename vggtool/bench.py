@@ -29,6 +29,8 @@ from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, evaluate
 from vggtool.models import macs, param_count
 
+PROTOCOLS = ("time", "report")
+
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -36,17 +38,22 @@ class BenchSettings:
     cpus: tuple[int, ...] = ()  # (): no pinning
     batch_size: int = 16
     rounds: int = 3
-    warmup: int = 10
-    single_calls: int = 50
+    warmup: int = 10  # the most warm-up calls; warm-up stops earlier once the call time settles
+    single_calls: int = 50  # the fewest timed batch-1 calls a round
     latency_images: int = 0  # 0: the whole test split, as the report
     engine: str = "fbgemm"
+    protocol: str = "time"  # time: whole batches until min_time; report: every timed image once
+    min_time: float = 1.0  # seconds each timed measurement covers at least (protocol time)
+    repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
 
     def __post_init__(self):
         for name in ("batch_size", "rounds", "single_calls"):
             if getattr(self, name) <= 0:
                 raise VggtoolError(f"{name.replace('_', '-')} must be positive")
-        if self.threads < 0 or self.warmup < 0 or self.latency_images < 0:
-            raise VggtoolError("threads, warmup and latency images must not be negative")
+        if self.threads < 0 or self.warmup < 0 or self.latency_images < 0 or self.min_time < 0:
+            raise VggtoolError("threads, warmup, latency images and min time must not be negative")
+        if self.protocol not in PROTOCOLS:
+            raise VggtoolError(f"unknown timing protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
 
 def parse_cpus(text: str | None) -> tuple[int, ...]:
@@ -110,27 +117,74 @@ def prepare(split: Split, batch_size: int) -> list[tuple[torch.Tensor, torch.Ten
     return list(batches(split, batch_size))
 
 
-def batch_ms(predict: Predict, prepared: list, warmup: int,
-             clock: Callable[[], float] = time.perf_counter) -> float:
-    """The report's runtime: warm-up calls at batch 1, then time inside predict over all batches, per image."""
-    x1 = prepared[0][0][:1]
-    for _ in range(warmup):
-        predict(x1)
-    return evaluate(predict, prepared, clock=clock).ms_per_image
+SETTLE_BLOCK, SETTLE_TOLERANCE = 3, 0.05
 
 
-def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, calls: int,
+def warm_up(predict: Predict, inputs: list[torch.Tensor], max_calls: int,
+            clock: Callable[[], float] = time.perf_counter) -> int:
+    """Untimed calls until the per-call time settles (two blocks of calls within 5% of
+    each other) or `max_calls` are spent; returns the calls made."""
+    previous, calls = None, 0
+    while calls < max_calls:
+        times = []
+        for _ in range(min(SETTLE_BLOCK, max_calls - calls)):
+            start = clock()
+            predict(inputs[calls % len(inputs)])
+            times.append(clock() - start)
+            calls += 1
+        block = statistics.median(times)
+        if previous is not None and abs(block - previous) <= SETTLE_TOLERANCE * previous:
+            break
+        previous = block
+    return calls
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed measurement: milliseconds per image, and how much was timed."""
+
+    ms_per_image: float
+    images: int
+    calls: int
+    seconds: float
+
+
+def batch_timing(predict: Predict, prepared: list, warmup: int, min_time: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Time inside predict over whole batches, per image: every batch once (the report's
+    protocol, `min_time` 0), or cycling through them until `min_time` seconds are covered,
+    as torch.utils.benchmark's blocked_autorange and pyperf calibrate their loops."""
+    warm_up(predict, [x for x, _ in prepared], warmup, clock)
+    seconds, images, calls = 0.0, 0, 0
+    while calls < len(prepared) if min_time <= 0 else (seconds < min_time or calls == 0):
+        x = prepared[calls % len(prepared)][0]
+        start = clock()
+        predict(x)
+        seconds += clock() - start
+        images += len(x)
+        calls += 1
+    return Timing(1000 * seconds / images, images, calls, seconds)
+
+
+def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, calls: int, min_time: float = 0.0,
                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Milliseconds of each of `calls` single-image predictions, after `warmup` untimed ones."""
-    for i in range(warmup):
-        predict(inputs[i % len(inputs)])
-    times = []
-    for i in range(calls):
-        x = inputs[i % len(inputs)]
+    """Milliseconds of each single-image prediction: at least `calls` of them and at
+    least `min_time` seconds' worth, after a warm-up that waits for the time to settle."""
+    warm_up(predict, inputs, warmup, clock)
+    times: list[float] = []
+    while len(times) < calls or sum(times) < 1000 * min_time:
+        x = inputs[len(times) % len(inputs)]
         start = clock()
         predict(x)
         times.append((clock() - start) * 1000)
     return times
+
+
+def ratio_interval(reference: list[float], candidate: list[float]) -> tuple[float, float, float]:
+    """Speed-up of `candidate` over `reference` from per-round times taken side by side:
+    the median of the per-round ratios, and their min and max as its interval."""
+    ratios = [a / b for a, b in zip(reference, candidate)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -207,42 +261,79 @@ def bench(
         step += 1
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
-    steps = len(entries) + settings.rounds * len(live)
-    batched: dict[str, list[float]] = {e.name: [] for e in live}
-    b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
-    for r in range(settings.rounds):
-        for e in live:
-            progress(f"timing round {r + 1}/{settings.rounds}: {e.name}")
-            batched[e.name].append(batch_ms(e.variant.predict, timed, settings.warmup))
-            b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls))
-            step += 1
+    passes = 2 if settings.repeat_check else 1
+    steps = len(entries) + passes * settings.rounds * len(live)
+    min_time = settings.min_time if settings.protocol == "time" else 0.0
+    measured = []
+    for p in range(passes):
+        batched: dict[str, list[Timing]] = {e.name: [] for e in live}
+        b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
+        for r in range(settings.rounds):
+            for e in live:
+                label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
+                progress(f"timing {label}round {r + 1}/{settings.rounds}: {e.name}")
+                batched[e.name].append(batch_timing(e.variant.predict, timed, settings.warmup, min_time))
+                b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls,
+                                               min_time))
+                step += 1
+        measured.append((batched, b1))
+    batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
+    b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}
     for e in live:
+        ms = [t.ms_per_image for t in batched[e.name]]
         pooled = [t for round_times in b1[e.name] for t in round_times]
         rows[e.name].update(
-            batch_ms=statistics.median(batched[e.name]), batch_ms_min=min(batched[e.name]),
-            batch_ms_max=max(batched[e.name]),
+            batch_ms=statistics.median(ms), batch_ms_min=min(ms), batch_ms_max=max(ms),
             b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
             b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
-            images_latency=len(latency_split), rounds=settings.rounds,
+            images_latency=len(latency_split), rounds=len(ms),
+            images_timed=round(statistics.mean(t.images for t in batched[e.name])),
+            calls_timed=round(statistics.mean(t.calls for t in batched[e.name])),
+            b1_calls=round(len(pooled) / len(ms)),
         )
-        if baseline in batched:  # speed-ups from the same rounds, then the median
-            rows[e.name]["batch_speedup"] = statistics.median(
-                a / b for a, b in zip(batched[baseline], batched[e.name]))
-            rows[e.name]["b1_speedup"] = statistics.median(
-                statistics.median(a) / statistics.median(b) for a, b in zip(b1[baseline], b1[e.name]))
+        if baseline in batched:  # speed-ups round by round: drift hits both sides of each ratio alike
+            rows[e.name].update(_speedups(batched[baseline], batched[e.name], b1[baseline], b1[e.name]))
         changed(rows[e.name])
+    spread = _repeat_spread(measured, baseline) if passes > 1 and baseline in batched else None
     progress("done")
-    scans = {e.name: e.variant.meta["figures"]["sensitivity"] for e in entries
-             if e.variant is not None and "sensitivity" in e.variant.meta.get("figures", {})}
-    return {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
-            "rows": list(rows.values()), **({"sensitivity": scans} if scans else {})}
+    results = {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
+               "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
+    for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
+        found = {e.name: e.variant.meta["figures"][scan] for e in entries
+                 if e.variant is not None and scan in e.variant.meta.get("figures", {})}
+        if found:
+            results[scan] = found
+    return results
+
+
+def _speedups(base: list[Timing], cand: list[Timing], base1: list[list[float]], cand1: list[list[float]]) -> dict:
+    mid, lo, hi = ratio_interval([t.ms_per_image for t in base], [t.ms_per_image for t in cand])
+    mid1, lo1, hi1 = ratio_interval([statistics.median(r) for r in base1], [statistics.median(r) for r in cand1])
+    return {"batch_speedup": mid, "batch_speedup_lo": lo, "batch_speedup_hi": hi,
+            "b1_speedup": mid1, "b1_speedup_lo": lo1, "b1_speedup_hi": hi1}
+
+
+def _repeat_spread(measured: list, baseline: str) -> dict:
+    """The two passes' speed-ups side by side, and the largest relative difference between them."""
+    per_variant = {}
+    for name in measured[0][0]:
+        a = [_speedups(m[0][baseline], m[0][name], m[1][baseline], m[1][name]) for m in measured]
+        per_variant[name] = {k: [a[0][k], a[1][k]] for k in ("batch_speedup", "b1_speedup")}
+
+    def rel(pair):
+        return abs(pair[0] - pair[1]) / ((pair[0] + pair[1]) / 2)
+
+    return {"variants": per_variant,
+            "batch_speedup_max_rel_diff": max(rel(v["batch_speedup"]) for v in per_variant.values()),
+            "b1_speedup_max_rel_diff": max(rel(v["b1_speedup"]) for v in per_variant.values())}
 
 
 ROW_FIELDS = [
     "variant", "method", "type", "status", "top1_err", "top5_err", "batch_ms", "batch_ms_min", "batch_ms_max",
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
-    "macs", "arch_params",
+    "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
+    "calls_timed", "b1_calls",
 ]
 
 

@@ -425,20 +425,30 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved repeats per variant.")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")
-@click.option("--single-calls", type=int, default=None, help="Timed batch-1 calls per round [50; --quick: 20].")
+@click.option("--warmup", type=int, default=30, show_default=True,
+              help="Most untimed calls before timing; warm-up stops once the call time settles (within 5%).")
+@click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
+              help="time: whole batches until --min-time is covered; report: every timed test image once.")
+@click.option("--min-time", type=float, default=None,
+              help="Seconds each timed measurement covers at least, per variant and round [1; --quick: 0.5].")
+@click.option("--single-calls", type=int, default=None, help="Fewest timed batch-1 calls per round [50; --quick: 20].")
 @click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
-@click.option("--quick", is_flag=True, help="Minutes on 2 cores: time on 1000 images, 20 batch-1 calls a round.")
+@click.option("--quick", is_flag=True, help="Minutes on 2 cores: time on 1000 images, shorter minimum times.")
+@click.option("--repeat-check", is_flag=True,
+              help="Measure everything twice and state the largest difference between the two passes' speed-ups.")
 @click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
-def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, single_calls, latency_images,
-              quick, engine, results_dir):
+def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, protocol, min_time, single_calls,
+              latency_images, quick, repeat_check, engine, results_dir):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions; repeats are
-    interleaved round robin and speed-ups computed from the same rounds.
-    Accuracy always uses the whole test split; --quick caps only timing.
+    interleaved round robin and speed-ups computed from the same rounds, each
+    with its interval (lowest to highest per-round ratio). Each measurement
+    runs until it has covered --min-time; --protocol report times every test
+    image once instead, as the report did. Accuracy always uses the whole test
+    split; --quick caps only timing. --repeat-check shows this machine's noise.
     """
     from rich.console import Group
     from rich.live import Live
@@ -452,8 +462,10 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
         latency_images = 1000 if quick else 0
     if single_calls is None:
         single_calls = 20 if quick else 50
+    if min_time is None:
+        min_time = 0.5 if quick else 1.0
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine)
+                             engine, protocol, min_time, repeat_check)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after

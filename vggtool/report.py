@@ -139,9 +139,16 @@ def console_table(results: dict) -> Table:
         t.add_column(c, justify="left" if i in (0, 9) else "right", **extra)
     for r in rows:
         t.add_row(r["variant"], _fmt(r["top1_err"], ".4f"), _fmt(r["top5_err"], ".4f"), _fmt(r["batch_ms"], ".2f"),
-                  _fmt(r.get("batch_speedup"), ".2f"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
-                  _fmt(r.get("b1_speedup"), ".2f"), _fmt(r["size_mb"], ".2f"), r["status"])
+                  _speedup(r, "batch"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
+                  _speedup(r, "b1"), _fmt(r["size_mb"], ".2f"), r["status"])
     return t
+
+
+def _speedup(row: dict, kind: str, unit: str = "") -> str:
+    """A speed-up with its interval over the rounds, when the results have one (older ones do not)."""
+    mid, lo, hi = row.get(f"{kind}_speedup"), row.get(f"{kind}_speedup_lo"), row.get(f"{kind}_speedup_hi")
+    text = _fmt(mid, ".2f") + (unit if mid is not None or unit else "")
+    return text if lo is None or hi is None else f"{text} [{lo:.2f}-{hi:.2f}]"
 
 
 def render_console(results: dict, width: int = 120) -> str:
@@ -172,8 +179,8 @@ def render_markdown(results: dict) -> str:
         ["Variant", f"ms/image {batch} (min-max)", f"Speed-up {batch}", "Batch-1 median ms", "p90", "IQR",
          "Speed-up b1", "File MB", "zlib MB", "Sparsity conv / all"],
         [[r["variant"], f"{_fmt(r['batch_ms'], '.2f')} ({_fmt(r['batch_ms_min'], '.2f')}-{_fmt(r['batch_ms_max'], '.2f')})",
-          _fmt(r.get("batch_speedup"), ".2f") + "x", _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
-          _fmt(r["b1_ms_iqr"], ".2f"), _fmt(r.get("b1_speedup"), ".2f") + "x", _fmt(r["file_mb"], ".2f"),
+          _speedup(r, "batch", "x"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
+          _fmt(r["b1_ms_iqr"], ".2f"), _speedup(r, "b1", "x"), _fmt(r["file_mb"], ".2f"),
           _fmt(r["compressed_mb"], ".2f"), f"{_fmt(r['sparsity_conv'], '.3f')} / {_fmt(r['sparsity_all'], '.3f')}"]
          for r in ok],
         ["-"] + [":-:"] * 9,
@@ -200,25 +207,58 @@ def render_markdown(results: dict) -> str:
         about + f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from "
         "results.json. No figure here is typed by hand.",
         "## Results (the report's table)",
-        f"Errors over {images} test images. Runtime is the report's protocol: batches of "
-        f"{settings['batch_size']}, time inside the model call summed over {lat_images} images, per image "
-        f"(median of {settings['rounds']} interleaved rounds). Size is `torch.save(state_dict)` in MB "
-        "(ONNX: the file).",
+        f"Errors over {images} test images. " + _protocol(settings, ok, lat_images)
+        + " Size is `torch.save(state_dict)` in MB (ONNX: the file).",
         main,
         "## Latency and speed-up",
-        "Speed-ups are over `baseline`, computed round by round and then the median taken. Batch-1: "
-        f"{settings['warmup']} warm-up calls, then {settings['single_calls']} timed calls per round.",
+        "Speed-ups are over `baseline`, computed round by round and then the median taken"
+        + (" (in brackets: the lowest and highest per-round ratio)" if any(r.get("batch_speedup_lo") for r in ok)
+           else "") + ". Batch-1: " + _batch1_protocol(settings) + ".",
         latency,
         "## Beside the published report",
         "The published figures come from a T4 machine's Xeon CPU and the official CIFAR-100 split; ours from the "
         "environment below.",
         side,
     ]
-    parts += _architecture(ok, batch) + _sensitivity(results.get("sensitivity", {}))
+    parts += (_architecture(ok, batch) + _spread(results.get("repeat_check")) + _sensitivity(results.get("sensitivity", {}))
+              + _layer_sensitivity(results.get("layer_sensitivity", {})))
     if failed:
         parts += ["## Variants that failed", "\n".join(failed)]
     parts += ["## Environment", "\n".join(env_lines), "## Settings", "\n".join(set_lines)]
     return "\n\n".join(parts) + "\n"
+
+
+def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
+    rounds = f"median of {settings['rounds']} interleaved rounds"
+    if settings.get("protocol", "report") == "report":  # results from before 0.2 all used it
+        return (f"Runtime is the report's protocol: batches of {settings['batch_size']}, time inside the model call "
+                f"summed over {lat_images} images, per image ({rounds}).")
+    timed = [r["images_timed"] for r in ok if r.get("images_timed")]
+    return (f"Runtime: time inside the model call over whole batches of {settings['batch_size']}, cycled through "
+            f"{lat_images} test images until at least {settings['min_time']:g} s were timed per round "
+            f"({min(timed) if timed else '?'} to {max(timed) if timed else '?'} images per round), per image "
+            f"({rounds}); `vggtool bench --protocol report` times every image once, as the report did.")
+
+
+def _batch1_protocol(settings: dict) -> str:
+    warm = f"up to {settings['warmup']} warm-up calls, stopping once the call time settles"
+    if settings.get("protocol", "report") == "report":
+        warm = f"{settings['warmup']} warm-up calls" if "min_time" not in settings else warm
+        return f"{warm}, then {settings['single_calls']} timed calls per round"
+    return f"{warm}, then at least {settings['single_calls']} timed calls and {settings['min_time']:g} s per round"
+
+
+def _spread(check: dict | None) -> list[str]:
+    """`bench --repeat-check`: the same measurement twice, and how far the speed-ups moved."""
+    if not check:
+        return []
+    rows = [[name, f"{v['batch_speedup'][0]:.2f}x / {v['batch_speedup'][1]:.2f}x",
+             f"{v['b1_speedup'][0]:.2f}x / {v['b1_speedup'][1]:.2f}x"] for name, v in check["variants"].items()]
+    return ["## Run-to-run spread (`--repeat-check`)",
+            f"Every variant measured in two passes. Largest difference between the passes' speed-ups: "
+            f"{100 * check['batch_speedup_max_rel_diff']:.1f}% (batch), {100 * check['b1_speedup_max_rel_diff']:.1f}% "
+            "(batch 1): the noise floor of this machine for these figures.",
+            _md_table(["Variant", "Speed-up batch, pass 1 / 2", "Speed-up b1, pass 1 / 2"], rows, ["-", ":-:", ":-:"])]
 
 
 def _architecture(ok: list[dict], batch: str) -> list[str]:
@@ -252,6 +292,20 @@ def _sensitivity(scans: dict[str, list[dict]]) -> list[str]:
     return parts
 
 
+def _layer_sensitivity(scans: dict[str, list[dict]]) -> list[str]:
+    """int8 layer by layer: each weight layer quantized alone, the most harmful first."""
+    parts = []
+    for variant, rows in scans.items():
+        parts += [f"## int8 sensitivity per layer of `{variant}`",
+                  "Each layer quantized alone, the rest kept float: validation top-1 error and agreement with the "
+                  "float model. The layers at the top are the candidates for `--exclude`.",
+                  _md_table(["Layer", "Val top-1 err (float)", "Top-1 agreement", "Max |logit diff|"],
+                            [[f"`{r['node']}`", f"{_fmt(r['val_top1_err'], '.3f')} ({_fmt(r['fp32_val_top1_err'], '.3f')})",
+                              _fmt(r["top1_agreement"], ".3f"), _fmt(r["max_abs_logit_diff"], ".3f")] for r in rows],
+                            ["-"] + [":-:"] * 3)]
+    return parts
+
+
 # ---------------------------------------------------------------- plots
 DPI = 110  # figures are laid out at the resolution they are saved at, so measured label boxes hold in the PNG
 MARKER_PT = 5  # radius kept clear around each point: the Pareto ring's
@@ -261,14 +315,20 @@ LEADER_PT = 12  # a label placed further than this from its point gets a leader 
 HA, VA = {-1: "right", 0: "center", 1: "left"}, {-1: "top", 0: "center", 1: "bottom"}
 
 
-def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Points not beaten on both latency and error, sorted by latency."""
-    front, best = [], float("inf")
-    for x, y, name in sorted(points):
-        if y < best:
-            front.append((x, y, name))
-            best = y
-    return front
+def pareto(points: list[tuple[float, float, str]], spans: dict[str, tuple[float, float]] | None = None
+           ) -> list[tuple[float, float, str]]:
+    """Points not beaten on both latency and error, sorted by latency. With `spans`
+    (each point's latency range over the rounds), a point is beaten only by one that
+    is faster beyond both ranges, or more accurate and not slower within them:
+    figures closer than their spread are not presented as different."""
+    spans = spans or {}
+
+    def beats(q, p) -> bool:
+        q_lo, q_hi = spans.get(q[2], (q[0], q[0]))
+        p_lo, p_hi = spans.get(p[2], (p[0], p[0]))
+        return (q[1] <= p[1] and q_hi < p_lo) or (q[1] < p[1] and q_lo <= p_hi and q_hi <= p_hi)
+
+    return sorted(p for p in points if not any(beats(q, p) for q in points if q is not p))
 
 
 def _figure():
@@ -283,11 +343,17 @@ def _figure():
 
 def error_vs_latency(results: dict):
     """The trade-off figure and its point labels (returned so that their placement can be checked)."""
-    points = [(r["batch_ms"], r["top1_err"], r["variant"]) for r in _rows(results) if r["status"] == "ok"]
+    ok = [r for r in _rows(results) if r["status"] == "ok"]
+    points = [(r["batch_ms"], r["top1_err"], r["variant"]) for r in ok]
+    spans = {r["variant"]: (r["batch_ms_min"], r["batch_ms_max"]) for r in ok if r.get("batch_ms_min") is not None}
     fig, ax = _figure()
     latencies = [x for x, _, _ in points]
     ax.scatter(latencies, [y for _, y, _ in points])
-    front = pareto(points)
+    if spans:  # min-max over the interleaved rounds
+        ax.errorbar(latencies, [y for _, y, _ in points], fmt="none", ecolor="tab:blue", elinewidth=1, capsize=3,
+                    xerr=[[max(0.0, x - spans.get(n, (x, x))[0]) for x, _, n in points],
+                          [max(0.0, spans.get(n, (x, x))[1] - x) for x, _, n in points]])
+    front = pareto(points, spans)
     ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=2 * MARKER_PT, label="Pareto front")
     if latencies and max(latencies) > 10 * min(latencies):  # a linear axis would crowd the fast variants against 0
         from matplotlib.ticker import LogLocator
