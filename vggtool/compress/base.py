@@ -105,7 +105,7 @@ def _name_part(value) -> str:
         return f"{value:g}"
     if isinstance(value, (tuple, list)):
         return "_".join(_name_part(v) for v in value)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_")
 
 
 def recipe_from_dict(d: dict) -> Recipe:
