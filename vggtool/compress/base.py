@@ -19,6 +19,7 @@ from functools import singledispatch
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from vggtool.data import Split
@@ -194,6 +195,11 @@ class Context:
         if len(split) == 0:
             raise VggtoolError(f"the validation split is empty: {what} needs it for calibration")
         return split
+
+    def calibration_subset(self, size: int, seed: int, what: str) -> Split:
+        """A seeded subset of at most `size` validation images: what calibrates a quantizer."""
+        split = self.calibration_split(what)
+        return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size])
 
     def finetuner(self, what: str) -> Callable[..., dict]:
         if self.finetune is None:

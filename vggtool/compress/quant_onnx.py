@@ -128,15 +128,14 @@ def _(recipe: OnnxInt8, source, ctx, workdir):
     unknown = [n for n in recipe.exclude if n not in nodes]
     if unknown:
         raise VggtoolError(f"no node {unknown[0]!r} to keep in float: the graph's are {', '.join(nodes)}")
-    val = ctx.calibration_split("ONNX Runtime int8")
-    n = min(recipe.calib_size, len(val))
-    calib = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(recipe.calib_seed))[:n])
+    calib = ctx.calibration_subset(recipe.calib_size, recipe.calib_seed, "ONNX Runtime int8")
     quantize(prepared, out, recipe, calib, ctx.batch_size)
-    figures = {"calibration_images": n, "calibration_split": "val", "calibration": recipe.calibration,
+    figures = {"calibration_images": len(calib), "calibration_split": "val", "calibration": recipe.calibration,
                "reduce_range": recipe.reduced(), "cpu_vnni": cpu.has_vnni(),
                "scheme": f"{recipe.activations}s8" + (" reduce_range" if recipe.reduced() else ""),
                "float_nodes": list(recipe.exclude)}
     if recipe.sensitivity_images:
+        val = ctx.calibration_split("the layer sensitivity scan")
         figures["layer_sensitivity"] = layer_sensitivity(prepared, workdir, recipe, calib, val, nodes, ctx.batch_size)
     if ctx.parity is not None:
         figures["parity"] = compare(torch_predict(source.model), export.ort_predict(export.ort_session(out)),

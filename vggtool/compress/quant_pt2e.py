@@ -111,18 +111,16 @@ class Compiled(nn.Module):
 @apply.register
 def _(recipe: Pt2eQuant, source, ctx, workdir):
     _require()
-    val = ctx.calibration_split("PT2E quantization")
-    n = min(recipe.calib_size, len(val))
-    index = torch.randperm(len(val), generator=torch.Generator().manual_seed(recipe.calib_seed))[:n]
+    calib = ctx.calibration_subset(recipe.calib_size, recipe.calib_seed, "PT2E quantization")
     prepared = _prepared(source.model, recipe)
     with torch.no_grad():
-        for x, _ in batches(val.subset(index), ctx.batch_size):
+        for x, _ in batches(calib, ctx.batch_size):
             prepared(x)
     converted = _converted(copy.deepcopy(prepared))  # convert_pt2e rewrites its input; the prepared state is kept
     compiled = Compiled(converted)
     compiled(torch.zeros(16, 3, 32, 32))
-    figures = {"calibration_images": n, "calibration_split": "val", "reduce_range": cpu.reduce_range(recipe.reduce_range),
-               "compile_seconds": compiled.compile_seconds,
+    figures = {"calibration_images": len(calib), "calibration_split": "val",
+               "reduce_range": cpu.reduce_range(recipe.reduce_range), "compile_seconds": compiled.compile_seconds,
                "size_mb": state_dict_mb(converted), "compiled_with": f"torch {torch.__version__}"}
     return Built(prepared, source.spec, figures)  # what is stored: the calibrated, prepared graph's state
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from vggtool import quant_ao
 from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, register, skeleton
 from vggtool.data import batches
@@ -133,16 +131,14 @@ def _(recipe: DynamicQuant, source, ctx, workdir):
 
 @apply.register
 def _(recipe: StaticQuant, source, ctx, workdir):
-    calib = ctx.calibration_split("static quantization")
-    n = min(recipe.calib_size, len(calib))
-    index = torch.randperm(len(calib), generator=torch.Generator().manual_seed(recipe.calib_seed))[:n]
+    calib = ctx.calibration_subset(recipe.calib_size, recipe.calib_seed, "static quantization")
 
     def calibrate(m):
-        for x, _ in batches(calib.subset(index), ctx.batch_size):
+        for x, _ in batches(calib, ctx.batch_size):
             m(x)
 
     built = _built(quant_ao.static(source.model, calibrate=calibrate, **recipe.scheme), source)
-    built.figures.update(calibration_images=n, calibration_split="val")
+    built.figures.update(calibration_images=len(calib), calibration_split="val")
     return built
 
 
