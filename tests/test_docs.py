@@ -42,8 +42,13 @@ def test_every_command_is_in_the_readme(name):
     assert f"`vggtool {name}" in README, f"README.md does not describe `vggtool {name}`"
 
 
-def test_compress_list_shows_every_registered_variant_and_what_it_produces():
+def test_compress_list_shows_every_registered_variant_and_what_it_produces(monkeypatch):
+    from vggtool import cli
+
+    monkeypatch.setattr(cli.console, "width", 200)  # one row per line, as on a wide terminal
     out = invoke("compress", "--list").output
+    for name in c.STACKS:
+        assert any(f" {name} " in line for line in out.splitlines()), f"chain {name} missing from compress --list"
     for name, recipe in c.REGISTRY.items():
         line = next((line for line in out.splitlines() if f" {name} " in line), None)
         assert line is not None, f"{name} missing from compress --list"

@@ -333,7 +333,7 @@ ROW_FIELDS = [
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
     "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
-    "calls_timed", "b1_calls",
+    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb",
 ]
 
 
@@ -348,7 +348,8 @@ def _base_row(e: _Entry) -> dict:
                    compressed_mb=f.get("compressed_bytes", 0) / 1e6, params=f.get("float_params"),
                    nonzero_params=f.get("nonzero_float_params"), sparsity_conv=f.get("sparsity_conv"),
                    sparsity_all=f.get("sparsity_conv_linear"), macs=macs(e.variant.spec),
-                   arch_params=param_count(e.variant.spec))
+                   arch_params=param_count(e.variant.spec), state_dict_mb=f.get("state_dict_mb"),
+                   dense_zlib_mb=f["dense_zlib_bytes"] / 1e6 if "dense_zlib_bytes" in f else None)
     return row
 
 

@@ -221,9 +221,9 @@ def finetune_options(f):
     for opt in reversed([
         click.option("--finetune-epochs", type=int, default=None,
                      help="Retrain this many epochs on the training split (the best epoch on the validation split "
-                          "is kept) [global/local: 0, structured: 5, qat: 3]."),
+                          "is kept) [global/local/cluster: 0, structured: 5, qat: 3]."),
         click.option("--finetune-lr", type=float, default=None,
-                     help="Peak learning rate of fine-tuning [0.01; qat: 0.001]."),
+                     help="Peak learning rate of fine-tuning [0.01; qat, cluster: 0.001]."),
         click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine"]), default=None,
                      help="Learning-rate schedule of fine-tuning [onecycle]."),
         click.option("--distill", is_flag=True, default=None,
@@ -360,6 +360,35 @@ def prune_cmd(scope, **options):
     _build(_recipe(modes, scope, options), **common)
 
 
+@main.command(name="cluster")
+@click.option("--bits", type=int, default=None, help="Index bits of every layer's codebook (sets both below; 1-8).")
+@click.option("--conv-bits", type=int, default=None, help="Conv2d codebooks: at most 2^B shared values per layer [8].")
+@click.option("--linear-bits", type=int, default=None, help="Linear codebooks: at most 2^B shared values per layer [5].")
+@finetune_options
+@variant_options
+def cluster_cmd(bits, **options):
+    """Deep Compression weight sharing: per-layer k-means codebooks (zeros of a
+    pruned parent stay zero), optional centroid fine-tuning, stored Huffman-coded;
+    the file on disk is the size. Loads as a dense float model.
+
+    \b
+      vggtool cluster --conv-bits 8 --linear-bits 5
+      vggtool prune --global --amount 0.9 --linear-amount 0.97 --finetune-epochs 5
+      vggtool cluster --from-variant prune-global-0.9-linearamount0.97-finetuneepochs5 --finetune-epochs 3
+      vggtool compress --set deep-compression
+    """
+    from vggtool.compress.cluster import WeightSharing
+
+    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
+                                          "trust_pickle")}
+    if bits is not None:
+        for key in ("conv_bits", "linear_bits"):
+            if options[key] is not None and options[key] != bits:
+                raise VggtoolError(f"--bits {bits} contradicts --{key.replace('_', '-')} {options[key]}")
+            options[key] = bits
+    _build(_recipe({"cluster": WeightSharing}, "cluster", options), **common)
+
+
 @main.command(name="export")
 @click.option("--onnx", "onnx_", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
 @click.option("--opset", type=int, default=15, show_default=True, help="ONNX opset (the report's: 15; 7-21).")
@@ -374,7 +403,8 @@ def export_cmd(onnx_, opset, **common):
 @main.command(name="compress")
 @click.option("--variant", "names", multiple=True,
               help="Build these registered variants (repeatable; A+B chains B onto A) [default: --set report].")
-@click.option("--set", "set_names", multiple=True, help="Build every variant of a named set: report, beyond (repeatable).")
+@click.option("--set", "set_names", multiple=True,
+              help="Build every variant of a named set: report, beyond, deep-compression (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the registered variants, chains and sets, and exit.")
 @click.option("--force", is_flag=True, help="Rebuild variants that already exist (not the parents a chain reuses).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -390,6 +420,7 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
     \b
       vggtool compress                                   # the report's eight
       vggtool compress --set beyond                      # structured pruning, stacked with int8
+      vggtool compress --set deep-compression            # prune, share weights, Huffman-code
       vggtool compress --variant structured-0.5-kd+static-int8-fused
     """
     from vggtool.compress import REGISTRY, SETS, STACKS, compress
@@ -399,9 +430,10 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
     if list_:
         sets = {n: ", ".join(s for s, members in SETS.items() if n in members) for n in [*REGISTRY, *STACKS]}
         rows = [[n, r.output.value, *r.label, sets[n]] for n, r in REGISTRY.items()]
-        rows += [[n, REGISTRY[parts[-1]].output.value, "chain: " + " -> ".join(parts), "", sets[n]]
-                 for n, parts in STACKS.items()]
         console.print(table("registered variants", ["name", "produces", "method", "type", "sets"], rows))
+        chains = [[n, REGISTRY[parts[-1]].output.value, sets[n]] for n, parts in STACKS.items()]
+        console.print(table("registered chains (each step built on the one before, each its own variant)",
+                            ["name", "produces", "sets"], chains))
         return
     unknown = [s for s in set_names if s not in SETS]
     if unknown:

@@ -27,6 +27,7 @@ from vggtool.compress.artifact import (
     source_from_variant,
     sparsity,
     state_dict_mb,
+    stored_file,
     versions,
 )
 from vggtool.compress.base import (
@@ -45,6 +46,7 @@ from vggtool.compress.base import (
     recipe_from_dict,
     register,
     register_stack,
+    restore,
     skeleton,
     steps,
 )
@@ -62,6 +64,6 @@ __all__ = [
     "Built", "Context", "META_FILE", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
     "Recipe", "SETS", "STACKS", "Source", "Tolerance", "Variant", "apply", "build", "build_variant",
     "compress", "load_variant", "lookup", "model_figures", "read_meta", "recipe_from_dict", "register",
-    "register_stack", "run_context", "skeleton", "source_from_checkpoint", "source_from_variant", "sparsity",
-    "state_dict_mb", "steps", "versions",
+    "register_stack", "restore", "run_context", "skeleton", "source_from_checkpoint", "source_from_variant", "sparsity",
+    "state_dict_mb", "stored_file", "steps", "versions",
 ]

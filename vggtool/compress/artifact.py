@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vggtool import checkpoint, export
-from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, finalize, recipe_from_dict, skeleton
+from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, finalize, recipe_from_dict, restore, skeleton
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
 from vggtool.files import atomic_dir, read_json, write_json
@@ -118,12 +118,26 @@ def _figures(recipe: Recipe, source: Source, built: Built, folder: Path) -> dict
         return {**built.figures, **model, "size_mb": built.file.stat().st_size / 1e6, **file_figures(built.file)}
     if built.model is None:
         raise VggtoolError(f"recipe {recipe.name} declared {recipe.output.value} output but built no model")
+    if built.file is not None:  # stored in the recipe's own format: that file's bytes are the size
+        if not built.file.is_file():
+            raise VggtoolError(f"recipe {recipe.name} named {built.file.name} as its stored file but wrote none")
+        model = model_figures(built.model)
+        dense = zlib.compress(checkpoint.to_bytes(built.model.state_dict(), {}), 6)
+        return {**model, **file_figures(built.file), **built.figures, "size_mb": built.file.stat().st_size / 1e6,
+                "state_dict_mb": model["size_mb"], "dense_zlib_bytes": len(dense)}
     checkpoint.save(folder / MODEL_FILE, built.model.state_dict(), {"kind": "variant", "recipe": recipe.to_dict(),
                                                                     "spec": built.spec.to_dict()})
     return {**model_figures(built.model), **file_figures(folder / MODEL_FILE), **built.figures}
 
 
 # ---------------------------------------------------------------- reading
+def stored_file(meta: dict) -> str:
+    """The model file of a variant folder."""
+    if meta.get("output") == Output.ONNX.value:
+        return ONNX_FILE
+    return meta.get("file", MODEL_FILE)
+
+
 @dataclass
 class Variant:
     name: str
@@ -158,12 +172,13 @@ def load_variant(folder: Path, threads: int = 0) -> Variant:
         if not (folder / ONNX_FILE).exists():
             raise VggtoolError(f"variant {folder.name} lacks {ONNX_FILE}")
         return Variant(name, meta, recipe, spec, export.ort_predict(export.ort_session(folder / ONNX_FILE, threads)))
-    state, _ = checkpoint.read(folder / MODEL_FILE)
+    state = restore(recipe, folder, meta)
     model = skeleton(recipe, spec)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
-        raise VggtoolError(f"{folder / MODEL_FILE} does not fit recipe {recipe.name}: {str(e).splitlines()[0]}") from None
+        raise VggtoolError(f"{folder / stored_file(meta)} does not fit recipe {recipe.name}: "
+                           f"{str(e).splitlines()[0]}") from None
     model = finalize(recipe, model)
     return Variant(name, meta, recipe, spec, torch_predict(model), model)
 
@@ -184,6 +199,6 @@ def source_from_variant(folder: Path) -> Source:
         raise VggtoolError(f"variant {folder.name} is not a float model ({recipe.output.value} output); "
                            "only float variants can be a parent")
     variant = load_variant(folder)
-    path = folder / MODEL_FILE
+    path = folder / stored_file(variant.meta)
     return Source(variant.model, variant.spec, path,
                   variant.meta["chain"] + [{"name": variant.name, "path": str(path), "sha256": checkpoint.sha256(path)}])

@@ -272,7 +272,7 @@ class Built:
     model: nn.Module | None
     spec: ArchSpec
     figures: dict = field(default_factory=dict)
-    file: Path | None = None
+    file: Path | None = None  # ONNX output; or a torch model stored in a recipe's own format (see `restore`)
     meta: dict = field(default_factory=dict)
 
 
@@ -288,6 +288,16 @@ def finalize(recipe: Recipe, model: nn.Module) -> nn.Module:
     """What a loaded model becomes before it runs: itself in eval mode, or e.g. a
     compiled form that cannot be stored and is rebuilt from what was."""
     return model.eval()
+
+
+@singledispatch
+def restore(recipe: Recipe, folder: Path, meta: dict) -> dict:
+    """The state_dict a variant folder stores: `model.safetensors`, or a recipe's own
+    format (its file named by meta["file"]) decoded back into tensors."""
+    from vggtool import checkpoint
+
+    state, _ = checkpoint.read(Path(folder) / meta.get("file", "model.safetensors"))
+    return state
 
 
 @singledispatch
