@@ -10,6 +10,7 @@ PROFILE      ?= full
 RUN          ?= runs/$(PROFILE)
 DATA_ARGS    ?=
 TRAIN_ARGS   ?=
+NPROC        ?= 1
 CPUS         ?= 0-1
 THREADS      ?= 2
 BENCH_ARGS   ?=
@@ -38,10 +39,12 @@ $(INSTALLED):
 data: $(INSTALLED) ## Get CIFAR-100 into ./data (DATA_ARGS="--synthetic" for the offline stand-in)
 	$(VGGTOOL) data $(DATA_ARGS)
 
-train: $(RUN)/best.safetensors ## Train the baseline for PROFILE (full = the report's recipe, quick = minutes on CPU)
+train: $(RUN)/best.safetensors ## Train the baseline for PROFILE (full = the report's recipe, quick = minutes on CPU); NPROC=N: N processes (torchrun + DDP)
+
+TRAINER := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m vggtool,$(VGGTOOL))
 
 $(RUN)/best.safetensors: | $(INSTALLED)
-	$(VGGTOOL) train --profile $(PROFILE) --run-dir $(RUN) $(TRAIN_ARGS)
+	$(TRAINER) train --profile $(PROFILE) --run-dir $(RUN) $(TRAIN_ARGS)
 
 evaluate: $(INSTALLED) ## Top-1/top-5 test error of the run's baseline
 	$(VGGTOOL) evaluate --run-dir $(RUN)

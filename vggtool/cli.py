@@ -112,8 +112,11 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
 @click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = the report's).")
 @click.option("--dropout", type=float, default=None, help="Classifier dropout (the report's: 0.5).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 100, quick: 15).")
-@click.option("--batch-size", type=int, default=None, help="Training batch (the report's: 128).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--batch-size", type=int, default=None,
+              help="Global training batch, split over all processes (the report's: 128).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (the report's: 0.1).")
+@click.option("--lr-scaling", type=click.Choice(["none", "linear"]), default=None,
+              help="none: --lr whatever the batch [default]; linear: --lr x batch-size / 128.")
 @click.option("--weight-decay", type=float, default=None, help="SGD weight decay (the report's: 5e-4).")
 @click.option("--schedule", default=None, help="multistep (the report's) or onecycle.")
 @click.option("--val-size", type=int, default=None, help="Training images held out for model selection.")
@@ -122,38 +125,61 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--no-augment", "augment", flag_value=False, default=None, help="Turn augmentation off.")
 @click.option("--rotation", type=float, default=None, help="Augmentation rotation range in degrees (report: 15).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None,
+              help="Mixed precision on CUDA: auto = bf16 where supported, else fp16 with a scaler [auto; off on CPU].")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model for training.")
+@click.option("--sync-bn", is_flag=True, default=None,
+              help="Several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
+@click.option("--dist-timeout", type=float, default=None,
+              help="Several processes: seconds a collective waits for the others before the job ends [300].")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
-def train(data_dir, run_dir, profile, resume, **overrides):
+def train(data_dir, run_dir, profile, resume, compile_, **overrides):
     """Train a VGG-BN on CIFAR-100; keep the best epoch on the validation split.
 
     Defaults are the report's: vgg19_bn, 100 epochs, batch 128, SGD 0.9,
     wd 5e-4, lr 0.1 with a warm-up epoch, divided by 5 at epochs 30/60/90.
     Writes config.json, metrics.jsonl, last.safetensors and best.safetensors
     to the run directory (default runs/<profile>).
+
+    \b
+    Several processes (gloo on CPU, nccl on GPUs), only the first writes:
+      torchrun --nproc_per_node 2 -m vggtool train --profile quick
+      torchrun --nnodes 2 --node_rank 0 --rdzv_endpoint HOST:29500 --nproc_per_node 8 -m vggtool train
     """
     from vggtool import config as c
     from vggtool.console import TrainDisplay
     from vggtool.data import load_splits
+    from vggtool.distributed import check_launch
     from vggtool.paths import mark_latest, runs_dir
     from vggtool.runs import Run
-    from vggtool.train import saved_config
+    from vggtool.train import pick_device, preflight, saved_config
     from vggtool.train import train as run_training
 
     data_dir = data_dir or default_data_dir()
     run_dir = run_dir or runs_dir() / profile
+    overrides["compile"] = compile_
     if resume:
         cfg = c.resume(saved_config(run_dir), **overrides)
     else:
         cfg = c.resolve(profile, data_dir=str(data_dir), **overrides)
+    world = check_launch(preflight(cfg))
+    main_process, processes = world.main, world.size  # under torchrun only the first process talks
+    say = console.print if main_process else (lambda *a, **k: None)
     splits = load_splits(data_dir, cfg.val_size, cfg.seed, cfg.train_subset)
-    console.print(f"training {cfg.arch} (width {cfg.width}) for {cfg.epochs} epochs on "
-                  f"{len(splits.train)} images{' (synthetic)' if splits.synthetic else ''} -> {run_dir}")
-    with TrainDisplay(console) as display:
-        result = run_training(cfg, splits, run_dir, resume=resume, observer=display)
+    say(f"training {cfg.arch} (width {cfg.width}) for {cfg.epochs} epochs on {len(splits.train)} images"
+        f"{' (synthetic)' if splits.synthetic else ''}" + (f" in {processes} processes" if processes > 1 else "")
+        + f" -> {run_dir}")
+    hint = None
+    if cfg.profile == "full" and pick_device(cfg.device).type == "cpu":
+        hint = "the full recipe belongs on a GPU; `--profile quick` trains a small VGG in minutes on a CPU"
+    with TrainDisplay(console, hint) as display:
+        result = run_training(cfg, splits, run_dir, resume=resume, observer=display if main_process else None)
+    if not main_process:
+        return
     mark_latest(run_dir)
     if result.best_val is not None:
-        console.print(f"best epoch {result.best_epoch + 1}: validation top-1 error {result.best_val.top1_err:.4f}")
-    console.print(f"baseline: {Run(run_dir).baseline}")
+        say(f"best epoch {result.best_epoch + 1}: validation top-1 error {result.best_val.top1_err:.4f}")
+    say(f"baseline: {Run(run_dir).baseline}")
 
 
 @main.command()

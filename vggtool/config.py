@@ -10,6 +10,9 @@ from vggtool.models import ArchSpec
 
 SCHEDULES = ("multistep", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+LR_SCALINGS = ("none", "linear")
+REFERENCE_BATCH = 128  # the report's batch, which its lr 0.1 goes with
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class TrainConfig:
     device: str = "auto"
     profile: str = "full"
     data_dir: str = ""
+    amp: str = "auto"  # auto: bf16 where the GPU has it, else fp16 with a scaler; off on CPU
+    compile: bool = False  # torch.compile the training model
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch
+    lr_scaling: str = "none"  # none: lr as given whatever the batch; linear: lr * batch_size / 128
+    dist_timeout: float = 300.0  # seconds a collective may wait for another process
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.batch_size / REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -49,6 +61,12 @@ class TrainConfig:
             raise VggtoolError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.device not in DEVICES:
             raise VggtoolError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.amp not in AMP_MODES:
+            raise VggtoolError(f"unknown amp mode {self.amp!r}: choose one of {', '.join(AMP_MODES)}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise VggtoolError(f"unknown lr scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+        if self.dist_timeout <= 0:
+            raise VggtoolError(f"dist-timeout must be positive, got {self.dist_timeout}")
         if not 0 <= self.rotation <= 180:
             raise VggtoolError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
         if self.val_size < 0 or self.train_subset < 0 or self.warmup_epochs < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
@@ -22,13 +23,24 @@ def progress(console: Console | None = None) -> Progress:
     )
 
 
-class TrainDisplay:
-    """Implements vggtool.train.Observer: one progress bar per epoch and a line per finished epoch."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
-    def __init__(self, console: Console):
+
+class TrainDisplay:
+    """Implements vggtool.train.Observer: a bar for the whole run and one for the epoch (on a
+    terminal), a line per finished epoch with the estimated time left (everywhere: make, docker
+    logs and CI see those lines), and, if asked, one early line estimating the whole run."""
+
+    def __init__(self, console: Console, hint_total: str | None = None):
         self.console = console
         self.bar = progress(console)
-        self.task = None
+        self.task = self.run_task = None
+        self.hint_total = hint_total  # printed once with the projected total, e.g. "try --profile quick"
+        self.started = self.first_epoch = self.epochs = self.steps = None
+        self.epoch_t0 = 0.0
 
     def __enter__(self):
         self.bar.start()
@@ -38,9 +50,15 @@ class TrainDisplay:
         self.bar.stop()
 
     def epoch_start(self, epoch, epochs, steps):
+        now = time.perf_counter()
+        if self.started is None:
+            self.started, self.first_epoch, self.epochs, self.steps = now, epoch, epochs, steps
+            self.run_task = self.bar.add_task("run", total=(epochs - epoch) * steps, info="")
         if self.task is not None:
             self.bar.remove_task(self.task)
+        self.epoch_t0 = now
         self.task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, info="")
+        self.epoch = epoch
 
     def step(self, done, loss, acc, lr, images_per_s):
         self.bar.update(
@@ -48,15 +66,25 @@ class TrainDisplay:
             completed=done,
             info=f"loss {loss:.3f}  acc {acc:.3f}  lr {lr:.4f}  {images_per_s:,.0f} img/s",
         )
+        self.bar.update(self.run_task, completed=(self.epoch - self.first_epoch) * self.steps + done)
+        if self.hint_total and self.epoch == self.first_epoch and done >= min(11, self.steps):
+            per_step = (time.perf_counter() - self.epoch_t0) / done
+            total = per_step * self.steps * (self.epochs - self.first_epoch)
+            self.console.print(f"estimated time for {self.epochs - self.first_epoch} epochs at this pace: "
+                               f"{_duration(total)}; {self.hint_total}")
+            self.hint_total = None
 
     def epoch_end(self, record):
         self.bar.update(self.task, completed=self.bar.tasks[0].total)
         val = record["val_top1_err"]
+        done = record["epoch"] + 1 - self.first_epoch
+        left = (time.perf_counter() - self.started) / done * (self.epochs - record["epoch"] - 1)
         self.console.print(
-            f"epoch {record['epoch'] + 1}: loss {record['train_loss']:.3f}  "
+            f"epoch {record['epoch'] + 1}/{self.epochs}: loss {record['train_loss']:.3f}  "
             f"train acc {record['train_acc']:.3f}  "
             + (f"val top-1 err {val:.4f}  " if val is not None else "")
-            + f"{record['images_per_s']:,.0f} img/s  {record['seconds']:.0f}s"
+            + f"{record['images_per_s']:,.0f} img/s  {record['seconds']:.0f}s  "
+            + (f"left ~{_duration(left)}" if left > 0 else "done")
         )
 
 

@@ -248,12 +248,16 @@ def batches(
     drop_last: bool = False,
     channels_last: bool = False,
     rotation: float = 15.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised float batches (and labels) on `device`.
 
     `generator` orders the shuffle; `augment_with` (a generator) turns on the
     report's augmentation. Both are explicit so a run can be replayed exactly.
+    `shard=(rank, processes)` yields this process's equal slice of every batch,
+    augmented exactly as one process would augment it.
     """
+    rank, processes = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
@@ -263,6 +267,9 @@ def batches(
         y = split.labels[idx].to(device, non_blocking=True)
         if augment_with is not None:
             x = augment(x.float().div_(255), augment_with, rotation).mul_(255)
+        if processes > 1:
+            part = len(idx) // processes
+            x, y = x[rank * part : (rank + 1) * part], y[rank * part : (rank + 1) * part]
         x = normalize(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

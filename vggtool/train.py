@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from vggtool import checkpoint
 from vggtool.config import TrainConfig
 from vggtool.data import Splits, batches
+from vggtool.distributed import World, check_launch, device_for, join, leave
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import EvalResult, evaluate, torch_predict
 from vggtool.files import write_json, write_text
@@ -70,18 +71,19 @@ def pick_device(name: str) -> torch.device:
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate at a global step: a pure function, so resuming needs no scheduler state."""
     epoch = step / steps_per_epoch
+    lr = cfg.peak_lr
     if cfg.schedule == "onecycle":
         total = cfg.epochs * steps_per_epoch
         peak = 0.3 * total
-        lo, end = cfg.lr / 25, cfg.lr / 1e4
+        lo, end = lr / 25, lr / 1e4
         if step < peak:
-            return lo + (cfg.lr - lo) * (1 - math.cos(math.pi * step / peak)) / 2
-        return end + (cfg.lr - end) * (1 + math.cos(math.pi * (step - peak) / (total - peak))) / 2
+            return lo + (lr - lo) * (1 - math.cos(math.pi * step / peak)) / 2
+        return end + (lr - end) * (1 + math.cos(math.pi * (step - peak) / (total - peak))) / 2
     if cfg.schedule == "cosine":  # from the peak straight down: fine-tuning starts from trained weights
-        return cfg.lr * (1 + math.cos(math.pi * step / (cfg.epochs * steps_per_epoch))) / 2
+        return lr * (1 + math.cos(math.pi * step / (cfg.epochs * steps_per_epoch))) / 2
     if epoch < cfg.warmup_epochs:
-        return cfg.lr * (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
-    return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+        return lr * (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    return lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
 
 
 def _epoch_generators(cfg: TrainConfig, epoch: int) -> tuple[torch.Generator, torch.Generator]:
@@ -93,7 +95,8 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, spec: ArchSpec, epoch: int, best: dict) -> None:
+def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, spec: ArchSpec, epoch: int, best: dict,
+               world_size: int = 1) -> None:
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, s in opt["state"].items():
@@ -105,7 +108,7 @@ def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, spec: ArchSpec
         state["rng.cuda"] = torch.cuda.get_rng_state()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
     meta = {"kind": "training-state", "epoch": epoch, "config": cfg.to_dict(), "spec": spec.to_dict(),
-            "best": best, "param_groups": groups}
+            "best": best, "param_groups": groups, "world_size": world_size}
     checkpoint.save(run_dir / LAST, state, meta)
 
 
@@ -136,6 +139,45 @@ def saved_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(meta["config"])
 
 
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed precision: bf16 where the GPU has it, else fp16 (with a gradient scaler); none on CPU."""
+    if cfg.amp == "off":
+        return None
+    if device.type != "cuda":
+        if cfg.amp != "auto":
+            raise VggtoolError(f"--amp {cfg.amp} needs a CUDA device; on {device.type} training runs in float32 "
+                               "(--amp off)")
+        return None
+    if cfg.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+def preflight(cfg: TrainConfig) -> torch.device:
+    """The device training will use, once the options that need another are refused
+    (before any process group is set up or anything is written)."""
+    device = pick_device(cfg.device)
+    amp_dtype(cfg, device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise VggtoolError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+    check_launch(device)
+    return device
+
+
+def _prepare(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, world: World) -> torch.nn.Module:
+    """What the training steps call: the model, with SyncBatchNorm, torch.compile and DDP as asked."""
+    runner = model
+    if cfg.compile:
+        if not hasattr(torch, "compile"):
+            raise VggtoolError("--compile needs torch >= 2.0")
+        runner = torch.compile(runner)
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+    return runner
+
+
 def train(
     cfg: TrainConfig,
     splits: Splits,
@@ -143,14 +185,36 @@ def train(
     resume: bool = False,
     observer: Observer | None = None,
 ) -> TrainResult:
-    observer = observer or Silent()
+    """Train as `cfg` says; under torchrun, as one of several processes (see `vggtool.distributed`)."""
     run_dir = Path(run_dir)
-    device = pick_device(cfg.device)
+    device = preflight(cfg)
+    world = join(device, cfg.dist_timeout)
+    try:
+        return _train(cfg, splits, run_dir, resume, observer if world.main else None, world,
+                      device_for(device, world))
+    except RuntimeError as e:
+        if not world.distributed:
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise VggtoolError(f"rank {world.rank}: lost the other training processes ({first[:200]}); "
+                           f"collectives wait at most {cfg.dist_timeout:g} s (--dist-timeout)") from None
+    finally:
+        leave(world)
+
+
+def _train(cfg: TrainConfig, splits: Splits, run_dir: Path, resume: bool, observer: Observer | None, world: World,
+           device: torch.device) -> TrainResult:
+    observer = observer or Silent()
+    if cfg.batch_size % world.size:
+        raise VggtoolError(f"the global batch {cfg.batch_size} does not split evenly over {world.size} processes")
     if len(splits.train) < cfg.batch_size:
         raise VggtoolError(f"batch size {cfg.batch_size} exceeds the {len(splits.train)} training images")
     spec = ArchSpec(cfg.arch, len(splits.classes), cfg.width, cfg.dropout)
     torch.manual_seed(cfg.seed)
-    model = build_model(spec).to(device)
+    model = build_model(spec)
+    if cfg.sync_bn and world.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = _optimizer(model, cfg)
@@ -160,31 +224,38 @@ def train(
             raise VggtoolError(f"nothing to resume: {run_dir / LAST} does not exist")
         start_epoch, best = _load_last(run_dir, model, optimizer)
         start_epoch += 1
-        _truncate_metrics(run_dir / METRICS, start_epoch)
+        if world.main:
+            _truncate_metrics(run_dir / METRICS, start_epoch)
     elif (run_dir / LAST).exists():
         raise VggtoolError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, {"config": cfg.to_dict(), "spec": spec.to_dict(), "device": str(device),
-                                  "synthetic_data": splits.synthetic})
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, {"config": cfg.to_dict(), "spec": spec.to_dict(), "device": str(device),
+                                      "synthetic_data": splits.synthetic, "world_size": world.size})
+    runner = _prepare(model, cfg, device, world)
     train_split = type(splits.train)(splits.train.images.to(device), splits.train.labels.to(device))
-    scaler = _grad_scaler(device.type == "cuda")
+    scaler = _grad_scaler(amp_dtype(cfg, device) == torch.float16)
     best_val = None
     for epoch in range(start_epoch, cfg.epochs):
-        stats = train_one_epoch(model, optimizer, train_split, cfg, epoch, scaler, observer)
+        stats = train_one_epoch(runner, optimizer, train_split, cfg, epoch, scaler, observer, world=world)
         val = None
-        if len(splits.val):
+        if len(splits.val):  # every process evaluates the same images: the same figure, no exchange needed
             val = evaluate(torch_predict(model, device), batches(splits.val, cfg.eval_batch_size, device=device))
         record = {"epoch": epoch, **stats, "val_top1_err": val.top1_err if val else None,
-                  "val_top5_err": val.top5_err if val else None}
-        if val is None or best["top1_err"] is None or val.top1_err < best["top1_err"]:
+                  "val_top5_err": val.top5_err if val else None, "world_size": world.size}
+        improved = val is None or best["top1_err"] is None or val.top1_err < best["top1_err"]
+        if improved:
             best = {"epoch": epoch, "top1_err": val.top1_err if val else None, "top5_err": val.top5_err if val else None}
             best_val = val
-            checkpoint.save(run_dir / BEST, model.state_dict(),
-                            {"kind": "model", "spec": spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch,
-                             "val": best})
-        _save_last(run_dir, model, optimizer, cfg, spec, epoch, best)
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if world.main:  # only the first process writes
+            if improved:
+                checkpoint.save(run_dir / BEST, model.state_dict(),
+                                {"kind": "model", "spec": spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch,
+                                 "val": best})
+            _save_last(run_dir, model, optimizer, cfg, spec, epoch, best, world.size)
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        world.barrier()  # the checkpoint of this epoch exists before any process goes on
         observer.epoch_end(record)
     return TrainResult(run_dir, best["epoch"], best_val, cfg.epochs - start_epoch)
 
@@ -204,13 +275,17 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 
 
 def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scaler=None,
-                    observer: Observer | None = None, extra_loss: ExtraLoss | None = None) -> dict:
+                    observer: Observer | None = None, extra_loss: ExtraLoss | None = None,
+                    world: World = World()) -> dict:
     """One pass over `split` with the schedule of `cfg`; returns the epoch's statistics.
-    `extra_loss(x, logits)`, if given, is added to the cross-entropy."""
+    `extra_loss(x, logits)`, if given, is added to the cross-entropy. With several
+    processes, each takes its share of every global batch of `cfg.batch_size`
+    (the same seeded order and augmentation as one process) and the statistics
+    are summed over all of them."""
     observer = observer or Silent()
     device = next(model.parameters()).device
-    on_cuda = device.type == "cuda"
-    scaler = scaler or _grad_scaler(on_cuda)
+    amp = amp_dtype(cfg, device)
+    scaler = scaler or _grad_scaler(amp == torch.float16)
     steps = len(split) // cfg.batch_size
     observer.epoch_start(epoch, cfg.epochs, steps)
     model.train()
@@ -222,11 +297,12 @@ def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scale
     lr = cfg.lr
     for i, (x, y) in enumerate(batches(split, cfg.batch_size, device=device, shuffle=True, generator=order_gen,
                                         drop_last=True, augment_with=aug_gen if cfg.augment else None,
-                                        channels_last=cfg.channels_last, rotation=cfg.rotation)):
+                                        channels_last=cfg.channels_last, rotation=cfg.rotation,
+                                        shard=(world.rank, world.size))):
         lr = learning_rate(cfg, epoch * steps + i, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.float16) if on_cuda else contextlib.nullcontext():
+        with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             if extra_loss is not None:
@@ -238,18 +314,21 @@ def train_one_epoch(model, optimizer, split, cfg: TrainConfig, epoch: int, scale
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if i % 10 == 0 or i == steps - 1:
-            observer.step(i + 1, float(loss_sum) / seen, float(correct) / seen, lr, seen / (time.perf_counter() - t0))
+        if i % 10 == 0 or i == steps - 1:  # the only host synchronisation inside the epoch
+            observer.step(i + 1, float(loss_sum) / seen, float(correct) / seen, lr,
+                          seen * world.size / (time.perf_counter() - t0))
+    loss_total, correct_total, seen_total = world.all_sum([float(loss_sum), float(correct), float(seen)], device)
     seconds = time.perf_counter() - t0
-    return {"lr": lr, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
-            "images_per_s": seen / seconds, "seconds": seconds}
+    return {"lr": lr, "train_loss": loss_total / max(seen_total, 1), "train_acc": correct_total / max(seen_total, 1),
+            "images_per_s": seen_total / seconds, "step_ms": 1000 * seconds / max(steps, 1), "seconds": seconds}
 
 
 def finetune_config(cfg: TrainConfig, epochs: int, lr: float, schedule: str = "onecycle") -> TrainConfig:
     """A run's training settings turned into a fine-tuning schedule: `epochs` of
     `schedule` peaking at `lr`, contiguous memory (pruning masks are hooks on the
     weights and keep their own layout)."""
-    return replace(cfg, epochs=epochs, lr=lr, schedule=schedule, warmup_epochs=0, channels_last=False)
+    return replace(cfg, epochs=epochs, lr=lr, schedule=schedule, warmup_epochs=0, channels_last=False,
+                   lr_scaling="none", compile=False, sync_bn=False)
 
 
 def distillation(teacher, temperature: float, weight: float) -> ExtraLoss:
@@ -282,7 +361,7 @@ def finetune(model, train_split, cfg: TrainConfig, *, val_split=None, extra_loss
     model.to(device)
     optimizer = _optimizer(model, cfg)
     split = type(train_split)(train_split.images.to(device), train_split.labels.to(device))
-    scaler = _grad_scaler(device.type == "cuda")  # one scaler for the run: its scale carries across epochs
+    scaler = _grad_scaler(amp_dtype(cfg, device) == torch.float16)  # one scaler for the run: its scale carries across epochs
     history, best, best_state = [], None, None
     for epoch in range(cfg.epochs):
         stats = train_one_epoch(model, optimizer, split, cfg, epoch, scaler, observer, extra_loss)
