@@ -97,6 +97,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _peak_rss_mb() -> float:
+    """The largest resident memory this process (which holds every variant in turn) has used."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
 def environment(settings: BenchSettings) -> dict:
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     return {
@@ -296,7 +303,8 @@ def bench(
         changed(rows[e.name])
     spread = _repeat_spread(measured, baseline) if passes > 1 and baseline in batched else None
     progress("done")
-    results = {"environment": environment(settings), "settings": {**asdict(settings), "cpus": list(settings.cpus)},
+    env = {**environment(settings), "peak_rss_mb": _peak_rss_mb()}
+    results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
         found = {e.name: e.variant.meta["figures"][scan] for e in entries

@@ -89,11 +89,27 @@ def decode_state(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
     return {k: _decode(spec, tensors) for k, spec in layout.items()}
 
 
+DIGEST_KEY = "vggtool_sha256"
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 over the metadata and every tensor's name, dtype, shape and bytes: a flipped bit
+    anywhere in a file is caught on reading, not loaded as a slightly different model."""
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def to_bytes(state: dict, meta: dict) -> bytes:
     tensors, layout = encode_state(state)
     # quantized modules read their state by version (state_dict._metadata); keep it
     versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()}
-    return st_save(tensors, metadata={META_KEY: json.dumps({**meta, "layout": layout, "module_versions": versions})})
+    meta_json = json.dumps({**meta, "layout": layout, "module_versions": versions})
+    return st_save(tensors, metadata={META_KEY: meta_json, DIGEST_KEY: _digest(tensors, meta_json)})
 
 
 def from_bytes(data: bytes, what: str) -> tuple[dict, dict]:
@@ -107,7 +123,13 @@ def from_bytes(data: bytes, what: str) -> tuple[dict, dict]:
     raw = header.get("__metadata__", {}).get(META_KEY)
     if raw is None:
         return tensors, {}
-    meta = json.loads(raw)
+    digest = header["__metadata__"].get(DIGEST_KEY)  # files written before 0.3 have none
+    if digest is not None and digest != _digest(tensors, raw):
+        raise VggtoolError(f"{what} is damaged: its contents do not match the sha256 stored in it")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise VggtoolError(f"{what} has unreadable metadata ({e})") from None
     state = OrderedDict(decode_state(tensors, meta.pop("layout")))
     state._metadata = OrderedDict(meta.pop("module_versions", {}))
     return state, meta

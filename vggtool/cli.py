@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,26 @@ from rich.console import Console
 from vggtool import __version__
 from vggtool.errors import VggtoolError
 from vggtool.paths import DATA_ENV, default_data_dir
+
+
+class FiniteFloat(click.ParamType):
+    """A float option: NaN and infinities are refused like any other bad value."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
 
 # Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -109,28 +130,28 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
 @run_dir_option
 @click.option("--profile", default="full", show_default=True, help="full = the report's recipe; quick = minutes on a CPU.")
 @click.option("--arch", default=None, help="vgg11_bn, vgg13_bn, vgg16_bn or vgg19_bn.")
-@click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = the report's).")
-@click.option("--dropout", type=float, default=None, help="Classifier dropout (the report's: 0.5).")
+@click.option("--width", type=FINITE, default=None, help="Channel width multiplier (1.0 = the report's).")
+@click.option("--dropout", type=FINITE, default=None, help="Classifier dropout (the report's: 0.5).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 100, quick: 15).")
 @click.option("--batch-size", type=int, default=None,
               help="Global training batch, split over all processes (the report's: 128).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (the report's: 0.1).")
+@click.option("--lr", type=FINITE, default=None, help="Peak learning rate (the report's: 0.1).")
 @click.option("--lr-scaling", type=click.Choice(["none", "linear"]), default=None,
               help="none: --lr whatever the batch [default]; linear: --lr x batch-size / 128.")
-@click.option("--weight-decay", type=float, default=None, help="SGD weight decay (the report's: 5e-4).")
+@click.option("--weight-decay", type=FINITE, default=None, help="SGD weight decay (the report's: 5e-4).")
 @click.option("--schedule", default=None, help="multistep (the report's) or onecycle.")
 @click.option("--val-size", type=int, default=None, help="Training images held out for model selection.")
 @click.option("--train-subset", type=int, default=None, help="Use only this many training images (0 = all).")
 @click.option("--seed", type=int, default=None, help="Seeds initialisation, the validation carve-out, order and augmentation.")
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--no-augment", "augment", flag_value=False, default=None, help="Turn augmentation off.")
-@click.option("--rotation", type=float, default=None, help="Augmentation rotation range in degrees (report: 15).")
+@click.option("--rotation", type=FINITE, default=None, help="Augmentation rotation range in degrees (report: 15).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None,
               help="Mixed precision on CUDA: auto = bf16 where supported, else fp16 with a scaler [auto; off on CPU].")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model for training.")
 @click.option("--sync-bn", is_flag=True, default=None,
               help="Several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
-@click.option("--dist-timeout", type=float, default=None,
+@click.option("--dist-timeout", type=FINITE, default=None,
               help="Several processes: seconds a collective waits for the others before the job ends [300].")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 def train(data_dir, run_dir, profile, resume, compile_, **overrides):
@@ -248,14 +269,14 @@ def finetune_options(f):
         click.option("--finetune-epochs", type=int, default=None,
                      help="Retrain this many epochs on the training split (the best epoch on the validation split "
                           "is kept) [global/local/cluster: 0, structured: 5, qat: 3]."),
-        click.option("--finetune-lr", type=float, default=None,
+        click.option("--finetune-lr", type=FINITE, default=None,
                      help="Peak learning rate of fine-tuning [0.01; qat, cluster: 0.001]."),
         click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine"]), default=None,
                      help="Learning-rate schedule of fine-tuning [onecycle]."),
         click.option("--distill", is_flag=True, default=None,
                      help="Fine-tune with knowledge distillation from the unpruned parent (or --teacher)."),
-        click.option("--temperature", type=float, default=None, help="Distillation temperature T [4]."),
-        click.option("--distill-weight", type=float, default=None,
+        click.option("--temperature", type=FINITE, default=None, help="Distillation temperature T [4]."),
+        click.option("--distill-weight", type=FINITE, default=None,
                      help="Weight of the distillation term, w * T^2 * KL, added to cross-entropy [1]."),
         click.option("--teacher", default=None, help="Teacher: a float variant of the run or a model file [the parent]."),
     ]):
@@ -343,10 +364,10 @@ def quantize(dynamic, static, qat, onnx_, pt2e, per_tensor, exclude, **options):
 @click.option("--local", "scope", flag_value="local", help="Unstructured: each Conv2d pruned at --amount on its own.")
 @click.option("--structured", "scope", flag_value="structured",
               help="Remove whole filters and hidden units (Torch-Pruning): smaller and faster.")
-@click.option("--amount", type=float, default=None,
+@click.option("--amount", type=FINITE, default=None,
               help="Global/local: fraction of Conv2d weights set to zero [0.6]. Structured: fraction of the "
                    "parameters (or MACs, --target macs) removed [0.5].")
-@click.option("--linear-amount", type=float, default=None, help="Global/local: fraction of Linear weights [0].")
+@click.option("--linear-amount", type=FINITE, default=None, help="Global/local: fraction of Linear weights [0].")
 @click.option("--target", type=click.Choice(["params", "macs"]), default=None,
               help="Structured: what --amount counts [params].")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default=None,
@@ -357,7 +378,7 @@ def quantize(dynamic, static, qat, onnx_, pt2e, per_tensor, exclude, **options):
 @click.option("--steps", type=int, default=None, help="Structured: prune a little, fine-tune, repeat, in this many rounds [1].")
 @click.option("--slimming-epochs", type=int, default=None,
               help="Structured: first train with an L1 penalty on BatchNorm scales (network slimming) [0].")
-@click.option("--slimming-penalty", type=float, default=None, help="Structured: that penalty's weight [1e-4].")
+@click.option("--slimming-penalty", type=FINITE, default=None, help="Structured: that penalty's weight [1e-4].")
 @click.option("--sensitivity-images", type=int, default=None,
               help="Structured: also record validation error after pruning 0.1..0.9 without fine-tuning, on this "
                    "many validation images [0: off].")
@@ -432,7 +453,8 @@ def export_cmd(onnx_, opset, **common):
 @click.option("--set", "set_names", multiple=True,
               help="Build every variant of a named set: report, beyond, deep-compression (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the registered variants, chains and sets, and exit.")
-@click.option("--force", is_flag=True, help="Rebuild variants that already exist (not the parents a chain reuses).")
+@click.option("--force", is_flag=True,
+              help="Rebuild variants that already exist (not the parents a chain reuses); without it they are kept.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from this model file instead of the run's baseline.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")
@@ -468,6 +490,9 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
     run = Run.open(run_dir)
     with console.status("building variants ...") as status:
         def done(name, meta):
+            if meta is None:
+                console.print(f"kept {name}: built before (--force rebuilds it)")
+                return
             status.update(f"built {name}; building the rest ...")
             console.print(f"built {name}: {meta['figures']['size_mb']:.2f} MB")
 
@@ -487,7 +512,7 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Most untimed calls before timing; warm-up stops once the call time settles (within 5%).")
 @click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
               help="time: whole batches until --min-time is covered; report: every timed test image once.")
-@click.option("--min-time", type=float, default=None,
+@click.option("--min-time", type=FINITE, default=None,
               help="Seconds each timed measurement covers at least, per variant and round [1; --quick: 0.5].")
 @click.option("--single-calls", type=int, default=None, help="Fewest timed batch-1 calls per round [50; --quick: 20].")
 @click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
@@ -497,8 +522,10 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
+@click.option("--resume", is_flag=True,
+              help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
 def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, protocol, min_time, single_calls,
-              latency_images, quick, repeat_check, engine, results_dir):
+              latency_images, quick, repeat_check, engine, results_dir, resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions; repeats are
@@ -507,7 +534,13 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     runs until it has covered --min-time; --protocol report times every test
     image once instead, as the report did. Accuracy always uses the whole test
     split; --quick caps only timing. --repeat-check shows this machine's noise.
+    A killed bench leaves the previous results untouched (they are replaced
+    only when a bench completes).
     """
+    if resume:
+        raise VggtoolError("bench cannot resume: every speed-up comes from rounds interleaved over all variants "
+                           "with the baseline, so a partial bench holds no row comparable with a later one; the "
+                           "previous results.json is intact, run bench again")
     from rich.console import Group
     from rich.live import Live
 

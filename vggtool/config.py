@@ -3,6 +3,7 @@ profile, then explicit overrides; validated, frozen and saved with the run."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from vggtool.errors import VggtoolError
@@ -12,6 +13,7 @@ SCHEDULES = ("multistep", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LR_SCALINGS = ("none", "linear")
+MAX_EPOCHS = 10_000
 REFERENCE_BATCH = 128  # the report's batch, which its lr 0.1 goes with
 
 
@@ -53,6 +55,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise VggtoolError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise VggtoolError(f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise VggtoolError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.lr <= 0:
             raise VggtoolError(f"learning rate must be positive, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:

@@ -106,6 +106,8 @@ def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, forc
             "figures": figures,
             **built.meta,
         }
+        stored = stored_file(meta)
+        meta["sha256"] = {stored: checkpoint.sha256(tmp / stored)}  # verified on every load
         write_json(tmp / META_FILE, meta)
     return meta
 
@@ -163,11 +165,26 @@ def read_meta(folder: Path) -> tuple[dict, Recipe, ArchSpec]:
     return meta, recipe, spec
 
 
+def verify(folder: Path, meta: dict) -> None:
+    """Each stored file against the sha256 its meta.json recorded (folders before 0.3 record none)."""
+    sums = meta.get("sha256", {})
+    if not isinstance(sums, dict):
+        raise VggtoolError(f"{Path(folder) / META_FILE} is malformed: sha256 is not a mapping")
+    for name, digest in sums.items():
+        path = Path(folder) / str(name)
+        if Path(str(name)).name != str(name) or not path.is_file():
+            raise VggtoolError(f"{path} is missing (its meta.json lists it)")
+        if checkpoint.sha256(path) != digest:
+            raise VggtoolError(f"{path} does not match the sha256 in its meta.json: changed or damaged since it "
+                               "was built; rebuild the variant")
+
+
 def load_variant(folder: Path, threads: int = 0) -> Variant:
     """Rebuild any variant folder as a predict function (fresh process safe; nothing pickled)."""
     folder = Path(folder)
     meta, recipe, spec = read_meta(folder)
     name = meta.get("name", folder.name)
+    verify(folder, meta)
     if recipe.output is Output.ONNX:
         if not (folder / ONNX_FILE).exists():
             raise VggtoolError(f"variant {folder.name} lacks {ONNX_FILE}")

@@ -12,6 +12,7 @@ from vggtool import train
 from vggtool.compress.artifact import META_FILE, build_variant, source_from_checkpoint, source_from_variant
 from vggtool.compress.base import Context, Recipe, steps
 from vggtool.errors import VggtoolError
+from vggtool.files import remove_stale_temporaries
 from vggtool.runs import Run
 
 
@@ -44,6 +45,7 @@ def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, che
         source = source_from_variant(run.variants_dir / from_variant)
     else:
         source = source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle)
+    remove_stale_temporaries(run.variants_dir)
     if (run.variants_dir / name).exists() and not force:
         raise VggtoolError(f"variant {name} already exists in {run.variants_dir}; pass --force to rebuild")
     return {name: build_variant(recipe, source, run_context(run, data_dir), run.variants_dir / name, force, name)}
@@ -54,12 +56,18 @@ def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path |
     """Build registered variants by name from the run's baseline (or a checkpoint).
 
     A chained name "a+b" builds "a" first (or reuses it when it exists) and then
-    "b" from it; `force` rebuilds the variants named, not the parents they reuse.
+    "b" from it. Variants already complete are kept (a rerun after a kill builds
+    only what is missing; `on_done` hears of them with meta None); `force`
+    rebuilds the variants named, not the parents they reuse.
     """
     plans = {name: steps(name) for name in names}  # every name checked before anything is built
-    existing = [n for n in names if (run.variants_dir / n).exists()]
-    if existing and not force:
-        raise VggtoolError(f"variant(s) {', '.join(existing)} already exist in {run.variants_dir}; pass --force to rebuild")
+    remove_stale_temporaries(run.variants_dir)
+    if not force:
+        kept = [n for n in names if (run.variants_dir / n / META_FILE).exists()]
+        for n in kept:
+            if on_done:
+                on_done(n, None)
+        plans = {n: r for n, r in plans.items() if n not in kept}
     ctx = run_context(run, data_dir)
     baseline = cache(lambda: source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle))
     metas: dict[str, dict] = {}

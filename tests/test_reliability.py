@@ -1,0 +1,381 @@
+"""Kills, hostile files, fuzzed inputs and full disks: nothing is lost, nothing runs,
+every bad input is one line and a non-zero exit. Hypothesis drives the fuzzing,
+bounded (see MAX_EXAMPLES) so the suite stays fast; the case counts are printed
+with `pytest -s`."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vggtool import checkpoint
+from vggtool import compress as c
+from vggtool import data as vdata
+from vggtool.errors import VggtoolError
+from vggtool.report import load_results
+
+from .conftest import TINY, invoke, one_line_error
+
+MAX_EXAMPLES = 40
+FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SAFE_WEIGHTS_ONLY = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= checkpoint.SAFE_PTH_TORCH
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(trained_run, session_home, tmp_path_factory):
+    """A private run with a float, a quantized, an ONNX and a coded variant."""
+    run = tmp_path_factory.mktemp("reliability") / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("variants", "results"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGTOOL_HOME", str(session_home))
+        mp.delenv("VGGTOOL_DATA", raising=False)
+        invoke("compress", "--run-dir", str(run), "--data-dir", str(session_home / "data"), "--variant", "baseline",
+               "--variant", "static-int8-fused", "--variant", "onnx-fp32", "--variant", "cluster-c8l5")
+    return run
+
+
+# ---------------------------------------------------------------- integrity
+def test_every_variant_records_its_files_sha256_and_a_changed_file_is_refused(run, home):
+    for name in ("baseline", "static-int8-fused", "onnx-fp32", "cluster-c8l5"):
+        meta = json.loads((run / "variants" / name / "meta.json").read_text())
+        (stored, digest), = meta["sha256"].items()
+        assert digest == checkpoint.sha256(run / "variants" / name / stored)
+    damaged = run / "variants" / "damaged"
+    shutil.copytree(run / "variants" / "baseline", damaged)
+    try:
+        data_ = bytearray((damaged / "model.safetensors").read_bytes())
+        data_[-3] ^= 0x01  # one bit of one weight
+        (damaged / "model.safetensors").write_bytes(bytes(data_))
+        one_line_error(invoke("evaluate", "--run-dir", str(run), "--variant", "damaged", ok=False),
+                       "model.safetensors", "sha256")
+    finally:
+        shutil.rmtree(damaged)
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_own_digest(run, tmp_path):
+    data_ = bytearray((run / "best.safetensors").read_bytes())
+    data_[-5] ^= 0x04
+    (tmp_path / "best.safetensors").write_bytes(bytes(data_))
+    with pytest.raises(VggtoolError, match="damaged"):
+        checkpoint.load_model(tmp_path / "best.safetensors")
+
+
+# ---------------------------------------------------------------- full disk
+def test_a_full_disk_during_a_variant_write_leaves_the_old_variant_and_says_so(run, home, monkeypatch):
+    folder = run / "variants" / "baseline"
+    before = digests(folder)
+
+    def full(self, data_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    line = one_line_error(invoke("compress", "--run-dir", str(run), "--variant", "baseline", "--force", ok=False),
+                          "disk full")
+    monkeypatch.undo()
+    assert digests(folder) == before and "intact" in line
+    assert not [p for p in (run / "variants").iterdir() if p.name.startswith(".")]  # no litter
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, {"w": torch.ones(3)}, {"kind": "model"})
+    before = path.read_bytes()
+
+    def full(self, data_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(VggtoolError, match="disk full"):
+        checkpoint.save(path, {"w": torch.zeros(3)}, {"kind": "model"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+# ---------------------------------------------------------------- hostile pickles
+MARKER = "vggtool-pwned"
+
+
+class Reducer:
+    """An object whose unpickling calls `func(*args)`."""
+
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+    def __call__(self, *args):  # pickle wants a callable; unpickling rebuilds the real one
+        raise AssertionError("never called in the test process")
+
+
+def payloads(marker: Path):
+    touch = f"open({str(marker)!r}, 'w').close()"
+    return st.sampled_from([
+        Reducer(os.system, (f"touch {marker}",)),
+        Reducer(eval, (touch,)),
+        Reducer(builtins.exec, (touch,)),
+        Reducer(Reducer(getattr, (Reducer(__import__, ("builtins",)), "exec")), (touch,)),  # nested reducers
+        Reducer(subprocess.call, (["touch", str(marker)],)),
+        Reducer(Path.touch, (marker,)),
+        Reducer(np.array, ([Reducer(os.system, (f"touch {marker}",))], object)),  # an object array
+    ])
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_pickles_never_run_as_checkpoints_or_data_files(tmp_path, data):
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    marker = work / MARKER
+    payload = data.draw(payloads(marker))
+    wrap = data.draw(st.sampled_from(["bare", "state_dict", "cifar"]))
+    obj = {"bare": payload, "state_dict": {"state_dict": {"w": payload}},
+           "cifar": {"data": payload, "fine_labels": [0]}}[wrap]
+    protocol = data.draw(st.integers(0, pickle.HIGHEST_PROTOCOL))
+    raw = pickle.dumps(obj, protocol=protocol)
+    for name in ("evil.pth", "train", "test", "meta"):
+        (work / name).write_bytes(raw)
+    with pytest.raises(VggtoolError):
+        checkpoint.read_pth(work / "evil.pth")
+    if SAFE_WEIGHTS_ONLY:
+        with pytest.raises(VggtoolError):
+            checkpoint.read_pth(work / "evil.pth", trust_pickle=True)
+    for name in ("train", "test", "meta"):
+        with pytest.raises(VggtoolError):
+            vdata._read_pickle(work / name)
+    assert not marker.exists()
+
+
+def test_a_hostile_pth_written_by_torch_save_is_refused_in_the_cli(tmp_path, home):
+    marker = tmp_path / MARKER
+    torch.save({"state_dict": {"w": Reducer(os.system, (f"touch {marker}",))}}, tmp_path / "evil.pth")
+    one_line_error(invoke("evaluate", "--checkpoint", str(tmp_path / "evil.pth"), ok=False), "evil.pth")
+    if SAFE_WEIGHTS_ONLY:
+        one_line_error(invoke("evaluate", "--checkpoint", str(tmp_path / "evil.pth"), "--trust-pickle", ok=False),
+                       "evil.pth")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- fuzzed files
+def damage(original: bytes, draw) -> bytes:
+    kind = draw(st.sampled_from(["truncate", "flip", "random"]))
+    if kind == "truncate":
+        return original[: draw(st.integers(0, max(len(original) - 1, 0)))]
+    if kind == "flip":
+        out = bytearray(original)
+        for _ in range(draw(st.integers(1, 4))):
+            i = draw(st.integers(0, len(out) - 1))
+            out[i] ^= 1 << draw(st.integers(0, 7))
+        return bytes(out)
+    return draw(st.binary(min_size=0, max_size=2048))
+
+
+COUNTS: dict[str, int] = {}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_model_files_are_errors_never_models(run, tmp_path, data):
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    which = data.draw(st.sampled_from(["checkpoint", "safetensors-variant", "vdc", "onnx", "meta"]))
+    COUNTS[which] = COUNTS.get(which, 0) + 1
+    if which == "checkpoint":
+        (work / "m.safetensors").write_bytes(damage((run / "best.safetensors").read_bytes(), data.draw))
+        with pytest.raises(VggtoolError):
+            checkpoint.load_model(work / "m.safetensors")
+        return
+    name, stored = {"safetensors-variant": ("static-int8-fused", "model.safetensors"),
+                    "vdc": ("cluster-c8l5", "model.vdc"), "onnx": ("onnx-fp32", "model.onnx"),
+                    "meta": ("baseline", "meta.json")}[which]
+    folder = work / name
+    shutil.copytree(run / "variants" / name, folder)
+    if which in ("safetensors-variant", "vdc") and data.draw(st.booleans()):
+        meta = json.loads((folder / "meta.json").read_text())  # as a folder from before 0.3, without sha256:
+        del meta["sha256"]  # the file's own checks must catch the damage
+        (folder / "meta.json").write_text(json.dumps(meta))
+    original = (folder / stored).read_bytes()
+    broken = damage(original, data.draw)
+    if broken == original:
+        return
+    (folder / stored).write_bytes(broken)
+    try:
+        c.load_variant(folder)
+    except VggtoolError:
+        return
+    # only meta.json may still load: a change to a field that does not touch the model (a date, a figure)
+    assert which == "meta", f"damaged {stored} loaded as a model"
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_results_config_and_data_files_are_one_line_errors(run, tmp_path, data):
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))
+    work = tmp_path
+    which = data.draw(st.sampled_from(["results", "config", "cifar"]))
+    COUNTS[which] = COUNTS.get(which, 0) + 1
+    if which == "results":
+        good = json.dumps({"rows": [{"variant": "baseline"}], "settings": {}, "environment": {}}).encode()
+        (tmp_path / "results.json").write_bytes(damage(good, data.draw))
+        try:
+            load_results(tmp_path)
+        except VggtoolError:
+            pass
+    elif which == "config":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.json").write_bytes(damage((run / "config.json").read_bytes(), data.draw))
+        from vggtool.runs import Run
+
+        try:
+            Run(tmp_path / "run").config()
+        except VggtoolError:
+            pass
+    else:
+        good = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 1]}, protocol=2)
+        (tmp_path / "test").write_bytes(damage(good, data.draw))
+        try:
+            vdata._read_pickle(work / "test")
+        except VggtoolError:
+            pass
+
+
+BAD_OPTIONS = [
+    ("train", "--epochs", st.integers(-10**6, 0)), ("train", "--batch-size", st.integers(-5, 0)),
+    ("train", "--lr", st.sampled_from(["nan", "inf", "-1", "0", "x"])), ("train", "--width", st.floats(4.01, 1e9)),
+    ("train", "--rotation", st.floats(181, 1e6)), ("train", "--dropout", st.floats(1.0, 100)),
+    ("train", "--epochs", st.integers(10_001, 10**30)),
+    ("prune", "--amount", st.floats(1.0, 1e6)), ("cluster", "--bits", st.integers(9, 10**6)),
+    ("cluster", "--conv-bits", st.integers(-10**6, 0)), ("bench", "--rounds", st.integers(-100, 0)),
+    ("bench", "--min-time", st.sampled_from(["-1", "nan", "inf", "-inf"])), ("evaluate", "--batch-size", st.integers(-9, 0)),
+    ("quantize", "--calib-size", st.integers(-10**6, 0)), ("export", "--opset", st.integers(22, 10**6)),
+]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_command_lines_are_one_line_errors_that_change_nothing(run, home, data):
+    command, option, values = data.draw(st.sampled_from(BAD_OPTIONS))
+    COUNTS["command lines"] = COUNTS.get("command lines", 0) + 1
+    value = str(data.draw(values))
+    mode = {"prune": ["--global"], "quantize": ["--static"], "export": ["--onnx"]}.get(command, [])
+    before = digests(run)
+    result = invoke(command, *mode, option, value, "--run-dir", str(run), "--name", "fuzz", ok=False)
+    one_line_error(result)
+    assert digests(run) == before
+
+
+def test_fuzz_case_counts(capsys):
+    with capsys.disabled():
+        print(f"\nfuzz cases run: {dict(sorted(COUNTS.items()))} (max {MAX_EXAMPLES} per test)")
+    assert sum(COUNTS.values()) >= MAX_EXAMPLES
+
+
+# ---------------------------------------------------------------- kills
+def _vggtool(home: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "VGGTOOL_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("VGGTOOL_DATA", None)
+    return subprocess.Popen([sys.executable, "-m", "vggtool", *args], env=env, cwd=home,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+KILL_IN_WRITE = """
+import os, signal, sys
+from vggtool import files
+real = files.os.replace
+def replace(src, dst):
+    if str(dst).endswith("last.safetensors") and os.environ.get("KILL_AT_WRITE") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # the new file is complete under its temporary name, not yet renamed
+    return real(src, dst)
+files.os.replace = replace
+from vggtool.cli import main
+sys.exit(main(sys.argv[1:], prog_name="vggtool"))
+"""
+
+
+def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(session_home, tmp_path):
+    args = [*TINY, "--epochs", "4", "--data-dir", str(session_home / "data"), "--schedule", "multistep",
+            "--lr", "0.02"]
+    whole = _vggtool(session_home, "train", *args, "--run-dir", str(tmp_path / "whole"))
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    run = tmp_path / "killed"
+    env = {**os.environ, "VGGTOOL_HOME": str(session_home), "OMP_NUM_THREADS": "1", "KILL_AT_WRITE": "1"}
+    # a kill inside a checkpoint write: the previous last.safetensors (none yet) stays as it was
+    first = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, "train", *args, "--run-dir", str(run)], env=env,
+                           cwd=session_home, capture_output=True, text=True, timeout=300)
+    assert first.returncode == -signal.SIGKILL and not (run / "last.safetensors").exists()
+    kills, rng = 1, np.random.default_rng(0)
+    resume: list[str] = []
+    for attempt in range(20):  # kills at random times; later ones leave longer, so the run ends
+        job = _vggtool(session_home, "train", *(resume or args), "--run-dir", str(run))
+        try:
+            code = job.wait(timeout=float(rng.uniform(1.0, 4.0)) + attempt)
+        except subprocess.TimeoutExpired:
+            job.send_signal(signal.SIGKILL)
+            job.wait()
+            kills += 1
+            for f in run.glob("*.safetensors"):  # never an unreadable file on disk
+                checkpoint.read(f)
+            resume = ["--resume"] if (run / "last.safetensors").exists() else []
+            continue
+        assert code == 0, job.stdout.read()
+        break
+    else:
+        pytest.fail("training never finished between kills")
+    a = checkpoint.read(run / "last.safetensors")[0]
+    b = checkpoint.read(tmp_path / "whole" / "last.safetensors")[0]
+    weights = [k for k in a if k.startswith("model.")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+    print(f"\ntraining killed {kills} times, resumed to the uninterrupted weights")
+
+
+def test_compress_killed_rebuilds_only_what_is_missing(trained_run, session_home, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("variants", "results"))
+    names = ["baseline", "dynamic-int8", "static-int8-fused", "onnx-fp32"]
+    args = ["compress", "--run-dir", str(run), "--data-dir", str(session_home / "data")]
+    for name in names:
+        args += ["--variant", name]
+    job = _vggtool(session_home, *args)
+    deadline = time.monotonic() + 120
+    while not (run / "variants" / "dynamic-int8" / "meta.json").exists():
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    done = {p.name for p in (run / "variants").iterdir() if (p / "meta.json").exists()}
+    for name in done:
+        c.load_variant(run / "variants" / name)  # complete and verified
+    again = _vggtool(session_home, *args)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    for name in done:
+        assert f"kept {name}" in out
+    for name in set(names) - done:
+        assert f"built {name}" in out
+    assert not [p for p in (run / "variants").iterdir() if p.name.startswith(".")]  # litter of the kill removed
+
+
+def test_bench_resume_states_why_it_cannot(home, run):
+    one_line_error(invoke("bench", "--run-dir", str(run), "--resume", ok=False), "interleaved")
