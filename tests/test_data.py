@@ -48,7 +48,7 @@ def test_offline_without_data_names_both_fixes_and_leaves_nothing(tmp_path, monk
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(data, "download_url", offline)
     with pytest.raises(VggtoolError) as err:
         data.fetch(tmp_path / "d")
     msg = str(err.value)
@@ -56,14 +56,25 @@ def test_offline_without_data_names_both_fixes_and_leaves_nothing(tmp_path, monk
     assert not (tmp_path / "d").exists()  # the folder it made for the download is gone too
 
 
-def test_download_goes_through_torchvision_with_the_official_md5(tmp_path, monkeypatch):
+def _tarball(path: Path, add) -> None:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+
+
+def test_download_goes_through_torchvision_with_the_official_md5_then_a_checked_extraction(tmp_path, monkeypatch):
     calls = []
+    staged = tmp_path / "staged"
+    write_official(staged / "cifar-100-python")
 
-    def fake_download(url, download_root, filename, md5):
+    def fake_download(url, root, filename, md5):
         calls.append((url, filename, md5))
-        write_official(Path(download_root) / "cifar-100-python")
+        _tarball(Path(root) / filename, lambda tar: tar.add(staged / "cifar-100-python", "cifar-100-python"))
 
-    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    real = data.check_integrity
+    monkeypatch.setattr(data, "download_url", fake_download)
+    monkeypatch.setattr(data, "check_integrity", lambda f, md5: f.endswith(".tar.gz") or real(f, md5))
     with pytest.warns(UserWarning):  # the fake files are not the official bytes
         report = data.fetch(tmp_path / "d")
     assert calls == [(data.CIFAR100.url, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")]
@@ -72,9 +83,44 @@ def test_download_goes_through_torchvision_with_the_official_md5(tmp_path, monke
     assert data.load_split(tmp_path / "d", "test")[0].shape == (4, 3, 32, 32)
 
 
+def test_an_archive_failing_its_md5_is_never_extracted(tmp_path, monkeypatch):
+    staged = tmp_path / "staged"
+    write_official(staged / "cifar-100-python")
+    monkeypatch.setattr(data, "download_url", lambda url, root, filename, md5: _tarball(
+        Path(root) / filename, lambda tar: tar.add(staged / "cifar-100-python", "cifar-100-python")))
+    with pytest.raises(VggtoolError, match="md5"):
+        data.fetch(tmp_path / "d")
+    assert not (tmp_path / "d" / "cifar-100-python").exists()
+
+
+@pytest.mark.parametrize("member", ["escape", "absolute", "symlink", "hardlink"])
+def test_extraction_refuses_members_that_escape_or_link(tmp_path, member):
+    import io
+    import tarfile
+
+    archive = tmp_path / "a.tar.gz"
+
+    def add(tar):
+        info = tarfile.TarInfo({"escape": "../outside.txt", "absolute": "/tmp/vggtool-outside.txt"}.get(
+            member, "cifar-100-python/link"))
+        if member == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif member == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, "/etc/passwd"
+        else:
+            info.size = 3
+        tar.addfile(info, io.BytesIO(b"pwn") if info.isfile() else None)
+
+    _tarball(archive, add)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(VggtoolError, match="refusing"):
+        data.safe_extract(archive, dest)
+    assert not any(dest.iterdir()) and not (tmp_path / "outside.txt").exists()
+
+
 def test_data_cli_offline_is_one_line_error(workspace, monkeypatch):
-    monkeypatch.setattr(data, "download_and_extract_archive",
-                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    monkeypatch.setattr(data, "download_url", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
     result = invoke("data", ok=False)
     assert result.exit_code == 1
     assert "Traceback" not in result.output and result.output.count("\n") == 1

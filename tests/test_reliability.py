@@ -379,3 +379,19 @@ def test_compress_killed_rebuilds_only_what_is_missing(trained_run, session_home
 
 def test_bench_resume_states_why_it_cannot(home, run):
     one_line_error(invoke("bench", "--run-dir", str(run), "--resume", ok=False), "interleaved")
+
+
+def test_bench_killed_leaves_the_previous_results_whole(run, session_home):
+    results = run / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGTOOL_HOME", str(session_home))
+        invoke("bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--min-time", "0.05",
+               "--single-calls", "3", "--warmup", "1")
+    before = digests(results)
+    job = _vggtool(session_home, "bench", "--run-dir", str(run), "--rounds", "3")
+    time.sleep(4)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    after = digests(results)
+    assert after == before or load_results(results)["rows"]  # the old files, or new complete ones
+    assert not [p for p in results.iterdir() if p.name.startswith(".")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import warnings
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR100
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+from torchvision.datasets.utils import check_integrity, download_url
 
 from vggtool.errors import VggtoolError
 from vggtool.files import atomic_dir
@@ -126,6 +127,27 @@ def _missing_data_error(data_dir: Path, reason: str) -> VggtoolError:
     )
 
 
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive into `dest`, refusing members that would land outside it,
+    links and special files (checked for every member before anything is written)."""
+    dest = Path(dest).resolve()
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                if m.issym() or m.islnk():
+                    raise VggtoolError(f"{archive.name}: refusing link member {m.name!r}")
+                if not (m.isfile() or m.isdir()):
+                    raise VggtoolError(f"{archive.name}: refusing special member {m.name!r}")
+                if Path(m.name).is_absolute() or not target.is_relative_to(dest):
+                    raise VggtoolError(f"{archive.name}: refusing member {m.name!r}, which escapes {dest}")
+            for m in members:
+                tar.extract(m, dest, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise VggtoolError(f"{archive.name} is not a readable archive ({e})") from None
+
+
 def fetch(data_dir: Path, download: bool = True) -> FetchReport:
     """Make sure `data_dir/cifar-100-python` holds CIFAR-100, downloading it if allowed.
 
@@ -145,9 +167,11 @@ def fetch(data_dir: Path, download: bool = True) -> FetchReport:
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir) as tmp:
-                download_and_extract_archive(
-                    CIFAR100.url, download_root=tmp, filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
-                )
+                download_url(CIFAR100.url, tmp, filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
+                archive = Path(tmp) / CIFAR100.filename
+                if not check_integrity(str(archive), CIFAR100.tgz_md5):  # never extract an unverified archive
+                    raise VggtoolError(f"the downloaded {CIFAR100.filename} fails its md5 check; retry")
+                safe_extract(archive, Path(tmp))
                 if folder.exists():
                     folder.rmdir()  # empty, checked above
                 shutil.move(str(Path(tmp) / FOLDER), str(folder))
