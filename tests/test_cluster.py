@@ -239,10 +239,15 @@ def test_bad_options_are_one_line_errors_and_write_nothing(run, home, args, frag
     assert sorted(p.name for p in (run / "variants").iterdir()) == before
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["sha256 in meta", "folder without sha256"])
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_stored_file_is_a_one_line_error_naming_it(run, home, damage, tmp_path):
+def test_damaged_stored_file_is_a_one_line_error_naming_it(run, home, damage, recorded):
     folder = run / "variants" / "damaged"
     shutil.copytree(run / "variants" / "cluster-c8l5", folder, dirs_exist_ok=True)
+    if not recorded:  # then the coded format's own checks must catch it
+        m = json.loads((folder / "meta.json").read_text())
+        del m["sha256"]
+        (folder / "meta.json").write_text(json.dumps(m))
     data = bytearray((folder / "model.vdc").read_bytes())
     if damage == "truncate":
         data = data[: len(data) - 100]
@@ -251,6 +256,6 @@ def test_damaged_stored_file_is_a_one_line_error_naming_it(run, home, damage, tm
     (folder / "model.vdc").write_bytes(bytes(data))
     try:
         one_line_error(invoke("evaluate", "--run-dir", str(run), "--variant", "damaged", ok=False),
-                       "model.vdc", "corrupt")
+                       "model.vdc", "sha256" if recorded else "corrupt")
     finally:
         shutil.rmtree(folder)

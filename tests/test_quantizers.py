@@ -155,6 +155,10 @@ def test_an_onnx_file_failing_the_checker_is_refused(quantized, home, tmp_path):
     model = onnx.load(str(bad / "model.onnx"))
     model.graph.node[0].input[0] = "no-such-tensor"
     onnx.save(model, str(bad / "model.onnx"))
+    one_line_error(invoke("evaluate", "--variant", "onnx-bad", "--run-dir", str(quantized), ok=False), "sha256")
+    meta = json.loads((bad / "meta.json").read_text())
+    del meta["sha256"]  # a folder without recorded sums (or an edited one): the checker still stands guard
+    (bad / "meta.json").write_text(json.dumps(meta))
     one_line_error(invoke("evaluate", "--variant", "onnx-bad", "--run-dir", str(quantized), ok=False),
                    "fails the ONNX checker")
     shutil.rmtree(bad)
