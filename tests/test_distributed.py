@@ -169,3 +169,18 @@ def test_more_processes_than_cores_is_a_one_line_error(home, monkeypatch):
 def test_gpu_only_options_on_cpu_are_one_line_errors(home, args, fragment):
     one_line_error(invoke("train", *TINY, "--epochs", "1", "--run-dir", "runs/bad", *args, ok=False), fragment)
     assert not (home / "runs" / "bad").exists()
+
+
+def test_compile_trains_where_the_stack_has_it_and_is_one_line_elsewhere(home):
+    from vggtool.errors import VggtoolError
+    from vggtool.train import compile_unavailable
+
+    try:
+        compile_unavailable()
+    except VggtoolError:
+        one_line_error(invoke("train", *TINY, "--epochs", "1", "--compile", "--run-dir", "runs/compiled", ok=False),
+                       "--compile is unavailable")
+        assert not (home / "runs" / "compiled").exists()
+        return
+    invoke("train", *TINY, "--epochs", "1", "--compile", "--run-dir", "runs/compiled")
+    assert json.loads((home / "runs" / "compiled" / "config.json").read_text())["config"]["compile"] is True

@@ -160,16 +160,30 @@ def preflight(cfg: TrainConfig) -> torch.device:
     amp_dtype(cfg, device)
     if cfg.sync_bn and device.type != "cuda":
         raise VggtoolError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+    if cfg.compile:
+        compile_unavailable()
     check_launch(device)
     return device
+
+
+def compile_unavailable() -> None:
+    """A one-line error where this stack cannot torch.compile (torch 2.0 on Python 3.11, for one)."""
+    if not hasattr(torch, "compile"):
+        raise VggtoolError("--compile needs torch >= 2.0")
+    try:
+        from torch._dynamo.eval_frame import check_if_dynamo_supported
+    except ImportError:
+        return
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError as e:
+        raise VggtoolError(f"--compile is unavailable on this stack: {e}") from None
 
 
 def _prepare(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, world: World) -> torch.nn.Module:
     """What the training steps call: the model, with SyncBatchNorm, torch.compile and DDP as asked."""
     runner = model
     if cfg.compile:
-        if not hasattr(torch, "compile"):
-            raise VggtoolError("--compile needs torch >= 2.0")
         runner = torch.compile(runner)
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
