@@ -116,3 +116,24 @@ def test_profiles_layer_and_save():
         "vgg19_bn", 100, 128, 0.1, (30, 60, 90))
     with pytest.raises(VggtoolError, match="unknown profile"):
         resolve("medium")
+
+
+def test_progress_lines_state_the_time_left_and_the_full_profile_estimate():
+    import io
+
+    from rich.console import Console
+
+    from vggtool.console import TrainDisplay
+
+    out = io.StringIO()
+    display = TrainDisplay(Console(file=out, width=200), hint_total="try --profile quick")
+    with display:
+        for epoch in range(2):
+            display.epoch_start(epoch, 4, 20)
+            for step in range(1, 21):
+                display.step(step, 1.0, 0.5, 0.1, 100.0)
+            display.epoch_end({"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5, "val_top1_err": 0.4,
+                               "images_per_s": 100.0, "seconds": 1.0})
+    text = out.getvalue()
+    assert text.count("estimated time for 4 epochs at this pace") == 1 and "try --profile quick" in text
+    assert "epoch 1/4:" in text and "epoch 2/4:" in text and text.count("left ~") == 2
