@@ -395,3 +395,18 @@ def test_bench_killed_leaves_the_previous_results_whole(run, session_home):
     after = digests(results)
     assert after == before or load_results(results)["rows"]  # the old files, or new complete ones
     assert not [p for p in results.iterdir() if p.name.startswith(".")]
+
+
+def test_ctrl_c_ends_training_with_one_line_and_exit_130(session_home, tmp_path):
+    run = tmp_path / "interrupted"
+    job = _vggtool(session_home, "train", *TINY, "--epochs", "50", "--data-dir", str(session_home / "data"),
+                   "--run-dir", str(run))
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists():  # in the training loop
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    job.send_signal(signal.SIGINT)
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 130, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("interrupted:")
+    checkpoint.read(run / "last.safetensors")  # what was written is complete
