@@ -92,7 +92,7 @@ def decode_state(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
 DIGEST_KEY = "vggtool_sha256"
 
 
-def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+def tensors_sha256(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
     """sha256 over the metadata and every tensor's name, dtype, shape and bytes: a flipped bit
     anywhere in a file is caught on reading, not loaded as a slightly different model."""
     h = hashlib.sha256(meta_json.encode())
@@ -109,7 +109,7 @@ def to_bytes(state: dict, meta: dict) -> bytes:
     # quantized modules read their state by version (state_dict._metadata); keep it
     versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()}
     meta_json = json.dumps({**meta, "layout": layout, "module_versions": versions})
-    return st_save(tensors, metadata={META_KEY: meta_json, DIGEST_KEY: _digest(tensors, meta_json)})
+    return st_save(tensors, metadata={META_KEY: meta_json, DIGEST_KEY: tensors_sha256(tensors, meta_json)})
 
 
 def from_bytes(data: bytes, what: str) -> tuple[dict, dict]:
@@ -124,7 +124,7 @@ def from_bytes(data: bytes, what: str) -> tuple[dict, dict]:
     if raw is None:
         return tensors, {}
     digest = header["__metadata__"].get(DIGEST_KEY)  # files written before 0.3 have none
-    if digest is not None and digest != _digest(tensors, raw):
+    if digest is not None and digest != tensors_sha256(tensors, raw):
         raise VggtoolError(f"{what} is damaged: its contents do not match the sha256 stored in it")
     try:
         meta = json.loads(raw)

@@ -324,11 +324,8 @@ def load(path: Path) -> tuple[dict, dict]:
 
 
 def state_sha256(state: dict) -> str:
-    """A digest of a state_dict's names, shapes, dtypes and values (in name order): equal
-    digests, identical weights."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{list(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """A digest of a state_dict's names, shapes, dtypes and values (checkpoint's tensor digest,
+    without metadata): equal digests, identical weights."""
+    from vggtool.checkpoint import tensors_sha256
+
+    return tensors_sha256(state, "")
