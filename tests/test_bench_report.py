@@ -3,6 +3,7 @@
 import itertools
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -89,19 +90,31 @@ def test_speedup_intervals_cover_the_true_ratio_under_noise_and_drift():
     base, cand = clock.predictor(8, noise=0.3, drift=drift), clock.predictor(4, noise=0.3, drift=drift)
     prepared = bench.prepare(split(64), 16)
     a, b = [], []
-    for r in range(7):
-        rounds["slow"] = 1 + 0.2 * r
-        a.append(bench.batch_timing(base, prepared, 0, 0.02, clock).ms_per_image)
-        b.append(bench.batch_timing(cand, prepared, 0, 0.02, clock).ms_per_image)
-    mid, lo, hi = bench.ratio_interval(a, b)
-    assert lo <= 2.0 <= hi and hi - lo < 0.6
-    assert max(a) / min(a) > 1.8  # the drift was real: per-round ratios removed it
+    for r in range(30):
+        rounds["slow"] = 1 + 0.02 * r
+        a.append(list(bench.batch_timing(base, prepared, 0, 0.02, clock).call_ms_per_image))
+        b.append(list(bench.batch_timing(cand, prepared, 0, 0.02, clock).call_ms_per_image))
+    mid, lo, hi = bench.bootstrap_ratio(a, b)
+    assert lo <= 2.0 <= hi and hi - lo < 0.4
+    per_round = [statistics.median(r) for r in a]
+    assert max(per_round) / min(per_round) > 1.4  # the drift was real: rounds paired side by side removed it
     assert mid == pytest.approx(2.0, rel=0.1)
+    # the interval is the same on a rerun (fixed seed) and covers the ratio for other noise too
+    assert bench.bootstrap_ratio(a, b) == (mid, lo, hi)
+    covered = 0
+    for seed in range(40):
+        noisy = FakeClock(seed=seed)
+        base, cand = noisy.predictor(8, noise=0.3), noisy.predictor(4, noise=0.3)
+        a = [list(bench.batch_timing(base, prepared, 0, 0.02, noisy).call_ms_per_image) for _ in range(30)]
+        b = [list(bench.batch_timing(cand, prepared, 0, 0.02, noisy).call_ms_per_image) for _ in range(30)]
+        _, lo, hi = bench.bootstrap_ratio(a, b)
+        covered += lo <= 2.0 <= hi
+    assert covered >= 34  # measured 36 of 40: a percentile bootstrap of a median covers a little under 95%
 
 
 def test_repeat_check_reports_the_injected_difference():
     def timings(ms):
-        return [bench.Timing(ms, 16, 1, ms / 1000 * 16)] * 3
+        return [bench.Timing((ms,), 16, ms / 1000 * 16)] * 3
 
     singles = [[1.0] * 5] * 3
     passes = [({"baseline": timings(8.0), "v": timings(4.0)}, {"baseline": [[8.0] * 5] * 3, "v": singles}),
@@ -275,6 +288,8 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
         assert rows[name]["batch_ms"] > 0 and rows[name]["b1_ms_median"] > 0
         assert rows[name]["rounds"] == 2 * 2  # two passes of two rounds
         assert rows[name]["batch_speedup_lo"] <= rows[name]["batch_speedup"] <= rows[name]["batch_speedup_hi"]
+        assert rows[name]["b1_speedup_lo"] <= rows[name]["b1_speedup"] <= rows[name]["b1_speedup_hi"]
+        assert rows[name]["batch_ms_lo"] <= rows[name]["batch_ms"] <= rows[name]["batch_ms_hi"]
         assert rows[name]["images_timed"] >= 16 and rows[name]["calls_timed"] * 16 >= rows[name]["images_timed"]
     assert rows["baseline"]["batch_speedup"] == pytest.approx(1.0)
     spread = results["repeat_check"]
@@ -283,17 +298,30 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     assert results["settings"]["protocol"] == "time" and results["settings"]["min_time"] == 0.1
     assert results["environment"]["torch_threads"] == 1
     assert results["environment"]["torch"] == torch.__version__
-    assert "Post-Training Static Fuse" in (tmp_path / "REPORT.md").read_text()
+    report_text = (tmp_path / "REPORT.md").read_text()
+    assert "Post-Training Static Fuse" in report_text and "(95% interval)" in report_text
+    assert "paired bootstrap interval over the rounds" in report_text
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}
 
 
+def test_balanced_subset_takes_the_first_images_of_every_class():
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 1, 0])
+    data = Split(torch.arange(10).view(10, 1, 1, 1).to(torch.uint8), labels)
+    sub = bench.balanced_subset(data, 6)
+    assert sub.images.flatten().tolist() == [0, 1, 2, 3, 4, 6]  # two of each class, in the split's order
+    assert bench.balanced_subset(data, 0) is data and bench.balanced_subset(data, 10) is data
+
+
 def test_report_protocol_times_every_image_once(own_run, home, tmp_path):
     invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
     invoke("bench", "--run-dir", str(own_run), "--protocol", "report", "--rounds", "1", "--single-calls", "3",
-           "--threads", "1", "--results-dir", str(tmp_path))
+           "--threads", "1", "--accuracy-images", "50", "--results-dir", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]
     assert (row["images_timed"], row["calls_timed"]) == (100, 7)  # 100 test images in batches of 16
-    assert "Runtime is the report's protocol" in (tmp_path / "REPORT.md").read_text()
+    assert row["images_accuracy"] == 50  # 5 of each of the 10 classes; timing still on all 100
+    report_text = (tmp_path / "REPORT.md").read_text()
+    assert "Runtime is the report's protocol" in report_text
+    assert "Errors over 50 test images, a class-balanced subset of the 100" in report_text

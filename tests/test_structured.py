@@ -93,6 +93,27 @@ def test_stacked_chain_is_recorded_and_rebuilt(pruned, home):
     assert parity["max_abs_logit_diff"] < 1e-4 and parity["top1_agreement"] == 1.0
 
 
+def test_structured_stacks_with_onnx_runtime_static_int8(pruned, home):
+    """ONNX Runtime's static int8 on the thinner model: BatchNorm folded into the convolutions,
+    int8 weights and activations, the chain recorded (the fastest stack at batch 1 on AVX2)."""
+    import onnx
+
+    invoke("quantize", "--onnx", "--from-variant", "structured-0.5-kd", "--calib-size", "64",
+           "--run-dir", str(pruned))
+    stacked = meta(pruned, "structured-0.5-kd+onnx-int8-calibsize64")
+    assert [s["name"] for s in stacked["chain"]] == ["checkpoint", "structured-0.5-kd"]
+    graph = onnx.load(str(pruned / "variants" / "structured-0.5-kd+onnx-int8-calibsize64" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    spec = ArchSpec.from_dict(meta(pruned, "structured-0.5-kd")["spec"])
+    assert "BatchNormalization" not in ops and ops.count("Conv") == len(spec.channels)
+    weights = {i.name: i for i in graph.initializer}
+    conv_inputs = [n.input[1] for n in graph.node if n.op_type == "Conv"]
+    dequant = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert all(weights[dequant[w]].data_type == onnx.TensorProto.INT8 for w in conv_inputs)
+    assert stacked["figures"]["file_bytes"] < 0.5 * meta(pruned, "structured-0.5-kd")["figures"]["file_bytes"]
+    assert stacked["figures"]["parity"]["top1_agreement"] > 0.8
+
+
 def test_bench_and_report_show_macs_params_and_sensitivity(pruned, home, tmp_path):
     invoke("prune", "--structured", "--amount", "0.3", "--finetune-epochs", "0", "--sensitivity-images", "50",
            "--run-dir", str(pruned))

@@ -37,21 +37,25 @@ class BenchSettings:
     threads: int = 0  # 0: leave torch's default
     cpus: tuple[int, ...] = ()  # (): no pinning
     batch_size: int = 16
-    rounds: int = 3
-    warmup: int = 10  # the most warm-up calls; warm-up stops earlier once the call time settles
-    single_calls: int = 50  # the fewest timed batch-1 calls a round
+    rounds: int = 30  # interleaved rounds: many short blocks repeat better than a few long ones (measured)
+    warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
+    single_calls: int = 3  # the fewest timed batch-1 calls a block
     latency_images: int = 0  # 0: the whole test split, as the report
     engine: str = "fbgemm"
     protocol: str = "time"  # time: whole batches until min_time; report: every timed image once
-    min_time: float = 1.0  # seconds each timed measurement covers at least (protocol time)
+    min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
     repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
+    accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
+    idle_gap: float = 0.02  # seconds idle before each block, so no thread pool still spins from the last one
 
     def __post_init__(self):
         for name in ("batch_size", "rounds", "single_calls"):
             if getattr(self, name) <= 0:
                 raise VggtoolError(f"{name.replace('_', '-')} must be positive")
-        if self.threads < 0 or self.warmup < 0 or self.latency_images < 0 or self.min_time < 0:
-            raise VggtoolError("threads, warmup, latency images and min time must not be negative")
+        if min(self.threads, self.warmup, self.latency_images, self.min_time, self.accuracy_images,
+               self.idle_gap) < 0:
+            raise VggtoolError("threads, warmup, latency images, accuracy images, min time and idle gap must not "
+                               "be negative")
         if self.protocol not in PROTOCOLS:
             raise VggtoolError(f"unknown timing protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
@@ -148,35 +152,51 @@ def warm_up(predict: Predict, inputs: list[torch.Tensor], max_calls: int,
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed measurement: milliseconds per image, and how much was timed."""
+    """One timed block: milliseconds per image of each call, and how much was timed."""
 
-    ms_per_image: float
+    call_ms_per_image: tuple[float, ...]
     images: int
-    calls: int
     seconds: float
+
+    @property
+    def calls(self) -> int:
+        return len(self.call_ms_per_image)
+
+    @property
+    def ms_per_image(self) -> float:
+        """Time summed over the block, per image (the report's figure)."""
+        return 1000 * self.seconds / self.images
+
+
+def _idle(gap: float) -> None:
+    if gap > 0:
+        time.sleep(gap)
 
 
 def batch_timing(predict: Predict, prepared: list, warmup: int, min_time: float = 0.0,
-                 clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Time inside predict over whole batches, per image: every batch once (the report's
-    protocol, `min_time` 0), or cycling through them until `min_time` seconds are covered,
-    as torch.utils.benchmark's blocked_autorange and pyperf calibrate their loops."""
+                 clock: Callable[[], float] = time.perf_counter, gap: float = 0.0) -> Timing:
+    """Time inside predict over whole batches: every batch once (the report's protocol,
+    `min_time` 0), or cycling through them until `min_time` seconds are covered, as
+    torch.utils.benchmark's blocked_autorange and pyperf calibrate their loops. `gap`
+    seconds idle first, then `warmup` untimed calls at most (fewer once the time settles)."""
+    _idle(gap)
     warm_up(predict, [x for x, _ in prepared], warmup, clock)
-    seconds, images, calls = 0.0, 0, 0
-    while calls < len(prepared) if min_time <= 0 else (seconds < min_time or calls == 0):
-        x = prepared[calls % len(prepared)][0]
+    seconds, images, per_image = 0.0, 0, []
+    while len(per_image) < len(prepared) if min_time <= 0 else (seconds < min_time or not per_image):
+        x = prepared[len(per_image) % len(prepared)][0]
         start = clock()
         predict(x)
-        seconds += clock() - start
-        images += len(x)
-        calls += 1
-    return Timing(1000 * seconds / images, images, calls, seconds)
+        took = clock() - start
+        seconds, images = seconds + took, images + len(x)
+        per_image.append(1000 * took / len(x))
+    return Timing(tuple(per_image), images, seconds)
 
 
 def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, calls: int, min_time: float = 0.0,
-                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
+                 clock: Callable[[], float] = time.perf_counter, gap: float = 0.0) -> list[float]:
     """Milliseconds of each single-image prediction: at least `calls` of them and at
-    least `min_time` seconds' worth, after a warm-up that waits for the time to settle."""
+    least `min_time` seconds' worth, after `gap` idle seconds and a warm-up."""
+    _idle(gap)
     warm_up(predict, inputs, warmup, clock)
     times: list[float] = []
     while len(times) < calls or sum(times) < 1000 * min_time:
@@ -187,11 +207,67 @@ def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, call
     return times
 
 
-def ratio_interval(reference: list[float], candidate: list[float]) -> tuple[float, float, float]:
-    """Speed-up of `candidate` over `reference` from per-round times taken side by side:
-    the median of the per-round ratios, and their min and max as its interval."""
-    ratios = [a / b for a, b in zip(reference, candidate)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+
+BOOTSTRAP, CONFIDENCE = 1000, 0.95
+
+
+def pooled_median(rounds: list[list[float]]) -> float:
+    """The median of every call of every round: one slow round moves it little."""
+    return statistics.median([t for r in rounds for t in r])
+
+
+def _bootstrap(stat: Callable[[list[int]], float], n: int, resamples: int = BOOTSTRAP,
+               confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of `stat` over rounds resampled with replacement (fixed seed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = [stat(list(rng.integers(0, n, n))) for _ in range(resamples)] if n > 1 else [stat(list(range(n)))]
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def _median_of(rounds: list, pick: list[int]) -> float:
+    import numpy as np
+
+    return float(np.median(np.concatenate([rounds[j] for j in pick])))
+
+
+def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], resamples: int = BOOTSTRAP,
+                    confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
+    """Speed-up pooled_median(reference) / pooled_median(candidate) with a paired
+    bootstrap interval: rounds are resampled together for both sides (round r of each
+    was measured side by side, so drift between rounds stays paired)."""
+    import numpy as np
+
+    ref, cand = [np.asarray(r, dtype=float) for r in reference], [np.asarray(r, dtype=float) for r in candidate]
+    mid = pooled_median(reference) / pooled_median(candidate)
+    lo, hi = _bootstrap(lambda pick: _median_of(ref, pick) / _median_of(cand, pick), len(ref), resamples,
+                        confidence, seed)
+    return mid, min(lo, mid), max(hi, mid)
+
+
+def bootstrap_center(rounds: list[list[float]], resamples: int = BOOTSTRAP, confidence: float = CONFIDENCE,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """pooled_median(rounds) with its bootstrap interval over the rounds."""
+    import numpy as np
+
+    arrays = [np.asarray(r, dtype=float) for r in rounds]
+    mid = pooled_median(rounds)
+    lo, hi = _bootstrap(lambda pick: _median_of(arrays, pick), len(arrays), resamples, confidence, seed)
+    return mid, min(lo, mid), max(hi, mid)
+
+
+def balanced_subset(split: Split, n: int) -> Split:
+    """The first n // classes test images of every class (all of them when n is 0 or
+    covers the split), in their order in the split: a fixed, class-balanced sample."""
+    if n <= 0 or n >= len(split):
+        return split
+    classes = split.labels.unique()
+    per_class = max(1, n // len(classes))
+    keep = torch.cat([torch.nonzero(split.labels == c).flatten()[:per_class] for c in classes])
+    return split.subset(keep.sort().values)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -226,7 +302,9 @@ def bench(
 ) -> dict:
     """Measure every variant; returns {"environment", "settings", "rows"}.
 
-    `on_progress(message, step, steps)` follows the work; `on_row(row)` is
+    `on_progress(message, step, steps)` follows the work (`step` is fractional while a
+    variant is scored; during timing it is called only between blocks, never inside one,
+    so a display that redraws only then cannot compete with the timed calls); `on_row(row)` is
     called when a row changes: after a variant's accuracy, and when complete.
     """
     if not variant_dirs:
@@ -241,14 +319,15 @@ def bench(
         except Exception as e:  # a corrupt artifact must not stop the others
             entries.append(_Entry(name, None, f"{type(e).__name__}: {e}"))
     latency_split = test.subset(torch.arange(min(len(test), settings.latency_images or len(test))))
-    full = prepare(test, settings.batch_size)
-    timed = full if len(latency_split) == len(test) else prepare(latency_split, settings.batch_size)
+    accuracy_split = balanced_subset(test, settings.accuracy_images)
+    scored = prepare(accuracy_split, settings.batch_size)
+    timed = prepare(latency_split, settings.batch_size)
     singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
-    step, steps = 0, len(entries) * (1 + settings.rounds)  # steps shrinks once failures are known
+    step, steps = 0, len(entries) * (2 + settings.rounds)  # steps shrinks once failures are known
 
-    def progress(message: str) -> None:
+    def progress(message: str, part: float = 0.0) -> None:
         if on_progress:
-            on_progress(message, step, steps)
+            on_progress(message, step + part, steps)
 
     def changed(row: dict) -> None:
         if on_row:
@@ -259,8 +338,14 @@ def bench(
         rows[e.name] = _base_row(e)
         if e.variant is not None:
             progress(f"accuracy: {e.name}")
+            scored_images = [0]
+
+            def scoring(images: int, name: str = e.name) -> None:
+                scored_images[0] += images
+                progress(f"accuracy: {name}", scored_images[0] / len(accuracy_split))
+
             try:
-                acc = evaluate(e.variant.predict, full)
+                acc = evaluate(e.variant.predict, scored, on_batch=scoring)
                 rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
             except Exception as exc:
                 e.error, e.variant = f"{type(exc).__name__}: {exc}", None
@@ -269,8 +354,13 @@ def bench(
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
     passes = 2 if settings.repeat_check else 1
-    steps = len(entries) + passes * settings.rounds * len(live)
+    steps = len(entries) + len(live) + passes * settings.rounds * len(live)
     min_time = settings.min_time if settings.protocol == "time" else 0.0
+    for e in live:  # warmed once, until the call time settles; each block then starts with one untimed call
+        progress(f"warm-up: {e.name}")
+        warm_up(e.variant.predict, [x for x, _ in timed], settings.warmup)
+        warm_up(e.variant.predict, singles, settings.warmup)
+        step += 1
     measured = []
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
@@ -279,32 +369,36 @@ def bench(
             for e in live:
                 label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
                 progress(f"timing {label}round {r + 1}/{settings.rounds}: {e.name}")
-                batched[e.name].append(batch_timing(e.variant.predict, timed, settings.warmup, min_time))
-                b1[e.name].append(batch1_times(e.variant.predict, singles, settings.warmup, settings.single_calls,
-                                               min_time))
+                batched[e.name].append(batch_timing(e.variant.predict, timed, 1, min_time, gap=settings.idle_gap))
+                b1[e.name].append(batch1_times(e.variant.predict, singles, 1, settings.single_calls, min_time,
+                                               gap=settings.idle_gap))
                 step += 1
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
     b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}
     for e in live:
-        ms = [t.ms_per_image for t in batched[e.name]]
+        per_round = batch_rounds(batched[e.name], settings.protocol)
+        mid, lo, hi = bootstrap_center(per_round)
+        centers = [statistics.median(r) for r in per_round]
         pooled = [t for round_times in b1[e.name] for t in round_times]
         rows[e.name].update(
-            batch_ms=statistics.median(ms), batch_ms_min=min(ms), batch_ms_max=max(ms),
+            batch_ms=mid, batch_ms_lo=lo, batch_ms_hi=hi, batch_ms_min=min(centers), batch_ms_max=max(centers),
             b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
             b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
-            images_latency=len(latency_split), rounds=len(ms),
+            images_latency=len(latency_split), rounds=len(per_round),
             images_timed=round(statistics.mean(t.images for t in batched[e.name])),
             calls_timed=round(statistics.mean(t.calls for t in batched[e.name])),
-            b1_calls=round(len(pooled) / len(ms)),
+            b1_calls=round(len(pooled) / len(per_round)),
         )
-        if baseline in batched:  # speed-ups round by round: drift hits both sides of each ratio alike
-            rows[e.name].update(_speedups(batched[baseline], batched[e.name], b1[baseline], b1[e.name]))
+        if baseline in batched:  # speed-ups from rounds measured side by side: drift hits both sides alike
+            rows[e.name].update(_speedups(batch_rounds(batched[baseline], settings.protocol), per_round,
+                                          b1[baseline], b1[e.name]))
         changed(rows[e.name])
-    spread = _repeat_spread(measured, baseline) if passes > 1 and baseline in batched else None
+    spread = _repeat_spread(measured, baseline, settings.protocol) if passes > 1 and baseline in batched else None
     progress("done")
     env = {**environment(settings), "peak_rss_mb": _peak_rss_mb()}
-    results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus)},
+    results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus),
+                                                "estimator": ESTIMATOR},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
         found = {e.name: e.variant.meta["figures"][scan] for e in entries
@@ -314,18 +408,31 @@ def bench(
     return results
 
 
-def _speedups(base: list[Timing], cand: list[Timing], base1: list[list[float]], cand1: list[list[float]]) -> dict:
-    mid, lo, hi = ratio_interval([t.ms_per_image for t in base], [t.ms_per_image for t in cand])
-    mid1, lo1, hi1 = ratio_interval([statistics.median(r) for r in base1], [statistics.median(r) for r in cand1])
+ESTIMATOR = (f"median over every timed call of every round; speed-ups as ratios of those medians, with a "
+             f"{CONFIDENCE:.0%} paired bootstrap interval over the rounds ({BOOTSTRAP} resamples)")
+
+
+def batch_rounds(timings: list[Timing], protocol: str) -> list[list[float]]:
+    """Per-round ms/image figures: every call's (protocol time), or the round's sum per image
+    (protocol report: each round times every image once, as the report did)."""
+    return [list(t.call_ms_per_image) if protocol == "time" else [t.ms_per_image] for t in timings]
+
+
+def _speedups(base: list[list[float]], cand: list[list[float]], base1: list[list[float]],
+              cand1: list[list[float]]) -> dict:
+    mid, lo, hi = bootstrap_ratio(base, cand)
+    mid1, lo1, hi1 = bootstrap_ratio(base1, cand1)
     return {"batch_speedup": mid, "batch_speedup_lo": lo, "batch_speedup_hi": hi,
             "b1_speedup": mid1, "b1_speedup_lo": lo1, "b1_speedup_hi": hi1}
 
 
-def _repeat_spread(measured: list, baseline: str) -> dict:
+def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dict:
     """The two passes' speed-ups side by side, and the largest relative difference between them."""
     per_variant = {}
     for name in measured[0][0]:
-        a = [_speedups(m[0][baseline], m[0][name], m[1][baseline], m[1][name]) for m in measured]
+        a = [{"batch_speedup": pooled_median(batch_rounds(m[0][baseline], protocol))
+              / pooled_median(batch_rounds(m[0][name], protocol)),
+              "b1_speedup": pooled_median(m[1][baseline]) / pooled_median(m[1][name])} for m in measured]
         per_variant[name] = {k: [a[0][k], a[1][k]] for k in ("batch_speedup", "b1_speedup")}
 
     def rel(pair):
@@ -341,7 +448,7 @@ ROW_FIELDS = [
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
     "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
-    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb",
+    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi",
 ]
 
 

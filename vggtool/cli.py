@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -507,16 +508,24 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--threads", type=int, default=0, help="Threads for torch and ONNX Runtime [default: torch's].")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved repeats per variant.")
+@click.option("--rounds", type=int, default=30, show_default=True,
+              help="Interleaved rounds: each variant timed in a short block per round, round robin.")
 @click.option("--warmup", type=int, default=30, show_default=True,
-              help="Most untimed calls before timing; warm-up stops once the call time settles (within 5%).")
+              help="Most untimed calls per variant before the rounds; warm-up stops once the call time settles "
+                   "(within 5%). Each block then starts with one untimed call.")
 @click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
               help="time: whole batches until --min-time is covered; report: every timed test image once.")
 @click.option("--min-time", type=FINITE, default=None,
-              help="Seconds each timed measurement covers at least, per variant and round [1; --quick: 0.5].")
-@click.option("--single-calls", type=int, default=None, help="Fewest timed batch-1 calls per round [50; --quick: 20].")
+              help="Seconds each timed block covers at least, per variant, round and batch size [0.2; --quick: 0.1].")
+@click.option("--single-calls", type=int, default=3, show_default=True, help="Fewest timed batch-1 calls per block.")
 @click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
-@click.option("--quick", is_flag=True, help="Minutes on 2 cores: time on 1000 images, shorter minimum times.")
+@click.option("--accuracy-images", type=int, default=None,
+              help="Test images scored for error, class-balanced [all; --quick: 2000].")
+@click.option("--idle-gap", type=FINITE, default=0.02, show_default=True,
+              help="Seconds idle before each block, so neither torch's nor ONNX Runtime's threads still spin "
+                   "from the previous one.")
+@click.option("--quick", is_flag=True,
+              help="Minutes on 2 cores: time on 1000 images in 0.1 s blocks, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
               help="Measure everything twice and state the largest difference between the two passes' speed-ups.")
 @click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
@@ -525,17 +534,20 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--resume", is_flag=True,
               help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
 def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, protocol, min_time, single_calls,
-              latency_images, quick, repeat_check, engine, results_dir, resume):
+              latency_images, accuracy_images, idle_gap, quick, repeat_check, engine, results_dir, resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
-    All variants run in one process under one set of conditions; repeats are
-    interleaved round robin and speed-ups computed from the same rounds, each
-    with its interval (lowest to highest per-round ratio). Each measurement
-    runs until it has covered --min-time; --protocol report times every test
-    image once instead, as the report did. Accuracy always uses the whole test
-    split; --quick caps only timing. --repeat-check shows this machine's noise.
-    A killed bench leaves the previous results untouched (they are replaced
-    only when a bench completes).
+    All variants run in one process under one set of conditions, in many
+    short interleaved rounds (round robin, an idle gap before each block).
+    Each ms figure is the median over every timed call; each speed-up the
+    ratio of two such medians, with a 95% paired bootstrap interval over the
+    rounds. Each block runs until it has covered --min-time; --protocol
+    report times every test image once instead, as the report did. --quick
+    times on 1000 images and scores error on a class-balanced 2000 (the
+    report says which). --repeat-check measures twice and states the largest
+    difference between the passes: the noise floor of this machine. A killed
+    bench leaves the previous results untouched (they are replaced only when
+    a bench completes).
     """
     if resume:
         raise VggtoolError("bench cannot resume: every speed-up comes from rounds interleaved over all variants "
@@ -551,12 +563,12 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
 
     if latency_images is None:
         latency_images = 1000 if quick else 0
-    if single_calls is None:
-        single_calls = 20 if quick else 50
+    if accuracy_images is None:
+        accuracy_images = 2000 if quick else 0
     if min_time is None:
-        min_time = 0.5 if quick else 1.0
+        min_time = 0.1 if quick else 0.2
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine, protocol, min_time, repeat_check)
+                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after
@@ -567,14 +579,24 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     def view():
         return Group(console_table({"settings": {"batch_size": settings.batch_size}, "rows": list(rows.values())}), bar)
 
-    with Live(view(), console=console, refresh_per_second=4, transient=True) as live:
+    # Redrawn only from the callbacks, which never run inside a timed block: an auto-refresh
+    # thread would take CPU from the pinned cores in the middle of the timed calls.
+    with Live(view(), console=console, auto_refresh=False, transient=True) as live:
+        shown = {"at": 0.0, "message": ""}
+
+        def redraw(message: str | None = None, force: bool = False) -> None:
+            now = time.monotonic()
+            if force or message != shown["message"] or now - shown["at"] >= 0.25:
+                live.update(view(), refresh=True)
+                shown.update(at=now, message=message)
+
         def on_progress(message, step, steps):
             bar.update(task, completed=step, total=steps, info=message)
-            live.update(view())
+            redraw(message)
 
         def on_row(row):
             rows[row["variant"]] = row
-            live.update(view())
+            redraw(force=True)
 
         results = bench_run(run, data_dir or default_data_dir(), names, settings, on_progress, on_row)
     written = publish(results, folder)

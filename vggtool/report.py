@@ -175,10 +175,13 @@ def render_markdown(results: dict) -> str:
           _fmt(r["size_mb"], ".2f")] for r in ok],
         ["-", "-", ":-:", ":-:", ":-:", ":-:"],
     )
+    lo, hi, span = ("batch_ms_lo", "batch_ms_hi", "95% interval") if any(r.get("batch_ms_lo") is not None
+                                                                         for r in ok) else (
+        "batch_ms_min", "batch_ms_max", "min-max")
     latency = _md_table(
-        ["Variant", f"ms/image {batch} (min-max)", f"Speed-up {batch}", "Batch-1 median ms", "p90", "IQR",
+        ["Variant", f"ms/image {batch} ({span})", f"Speed-up {batch}", "Batch-1 median ms", "p90", "IQR",
          "Speed-up b1", "File MB", "zlib MB", "Sparsity conv / all"],
-        [[r["variant"], f"{_fmt(r['batch_ms'], '.2f')} ({_fmt(r['batch_ms_min'], '.2f')}-{_fmt(r['batch_ms_max'], '.2f')})",
+        [[r["variant"], f"{_fmt(r['batch_ms'], '.2f')} ({_fmt(r[lo], '.2f')}-{_fmt(r[hi], '.2f')})",
           _speedup(r, "batch", "x"), _fmt(r["b1_ms_median"], ".2f"), _fmt(r["b1_ms_p90"], ".2f"),
           _fmt(r["b1_ms_iqr"], ".2f"), _speedup(r, "b1", "x"), _fmt(r["file_mb"], ".2f"),
           _fmt(r["compressed_mb"], ".2f"), f"{_fmt(r['sparsity_conv'], '.3f')} / {_fmt(r['sparsity_all'], '.3f')}"]
@@ -207,13 +210,17 @@ def render_markdown(results: dict) -> str:
         about + f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from "
         "results.json. No figure here is typed by hand.",
         "## Results (the report's table)",
-        f"Errors over {images} test images. " + _protocol(settings, ok, lat_images)
+        f"Errors over {images} test images"
+        + (f", a class-balanced subset of the {subject['test_images']} (`--accuracy-images`: the first images of "
+           "every class; without it every test image is scored)" if settings.get("accuracy_images") and subject
+           and images < subject["test_images"] else "") + ". " + _protocol(settings, ok, lat_images)
         + " Size is `torch.save(state_dict)` in MB (ONNX and coded variants: the stored file).",
         main,
         "## Latency and speed-up",
-        "Speed-ups are over `baseline`, computed round by round and then the median taken"
-        + (" (in brackets: the lowest and highest per-round ratio)" if any(r.get("batch_speedup_lo") for r in ok)
-           else "") + ". Batch-1: " + _batch1_protocol(settings) + ".",
+        (f"Speed-ups are over `baseline`: {settings['estimator']} (in brackets)" if settings.get("estimator") else
+         "Speed-ups are over `baseline`, computed round by round and then the median taken"
+         + (" (in brackets: the lowest and highest per-round ratio)" if any(r.get("batch_speedup_lo") for r in ok)
+            else "")) + ". Batch-1: " + _batch1_protocol(settings) + ".",
         latency,
         "## Beside the published report",
         "The published figures come from a T4 machine's Xeon CPU and the official CIFAR-100 split; ours from the "
@@ -230,23 +237,28 @@ def render_markdown(results: dict) -> str:
 
 
 def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
-    rounds = f"median of {settings['rounds']} interleaved rounds"
+    rounds = (f"median over every call of {settings['rounds']} interleaved rounds, {settings.get('idle_gap', 0):g} s "
+              "idle before each block" if settings.get("estimator") else f"median of {settings['rounds']} "
+              "interleaved rounds")
     if settings.get("protocol", "report") == "report":  # results from before 0.2 all used it
         return (f"Runtime is the report's protocol: batches of {settings['batch_size']}, time inside the model call "
                 f"summed over {lat_images} images, per image ({rounds}).")
     timed = [r["images_timed"] for r in ok if r.get("images_timed")]
     return (f"Runtime: time inside the model call over whole batches of {settings['batch_size']}, cycled through "
-            f"{lat_images} test images until at least {settings['min_time']:g} s were timed per round "
-            f"({min(timed) if timed else '?'} to {max(timed) if timed else '?'} images per round), per image "
+            f"{lat_images} test images until at least {settings['min_time']:g} s were timed per block "
+            f"({min(timed) if timed else '?'} to {max(timed) if timed else '?'} images per "
+            f"{'block' if settings.get('estimator') else 'round'}), per image "
             f"({rounds}); `vggtool bench --protocol report` times every image once, as the report did.")
 
 
 def _batch1_protocol(settings: dict) -> str:
-    warm = f"up to {settings['warmup']} warm-up calls, stopping once the call time settles"
+    warm = f"up to {settings['warmup']} warm-up calls, stopping once the call time settles" + (
+        " (once per variant; each block then starts with one untimed call)" if settings.get("estimator") else "")
     if settings.get("protocol", "report") == "report":
         warm = f"{settings['warmup']} warm-up calls" if "min_time" not in settings else warm
         return f"{warm}, then {settings['single_calls']} timed calls per round"
-    return f"{warm}, then at least {settings['single_calls']} timed calls and {settings['min_time']:g} s per round"
+    return (f"{warm}, then at least {settings['single_calls']} timed calls and {settings['min_time']:g} s per "
+            + ("block" if settings.get("estimator") else "round"))
 
 
 def _spread(check: dict | None) -> list[str]:
@@ -353,6 +365,18 @@ def pareto(points: list[tuple[float, float, str]], spans: dict[str, tuple[float,
     return sorted(p for p in points if not any(beats(q, p) for q in points if q is not p))
 
 
+def latency_spans(ok: list[dict]) -> dict[str, tuple[float, float]]:
+    """Each variant's batched latency interval: the bootstrap interval where the results have
+    one, else (older results) the lowest and highest per-round figure."""
+    spans = {}
+    for r in ok:
+        for lo, hi in (("batch_ms_lo", "batch_ms_hi"), ("batch_ms_min", "batch_ms_max")):
+            if r.get(lo) is not None and r.get(hi) is not None:
+                spans[r["variant"]] = (r[lo], r[hi])
+                break
+    return spans
+
+
 def _figure():
     # A bare Figure on the Agg canvas: no pyplot state, no GUI backend, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -367,11 +391,11 @@ def error_vs_latency(results: dict):
     """The trade-off figure and its point labels (returned so that their placement can be checked)."""
     ok = [r for r in _rows(results) if r["status"] == "ok"]
     points = [(r["batch_ms"], r["top1_err"], r["variant"]) for r in ok]
-    spans = {r["variant"]: (r["batch_ms_min"], r["batch_ms_max"]) for r in ok if r.get("batch_ms_min") is not None}
+    spans = latency_spans(ok)
     fig, ax = _figure()
     latencies = [x for x, _, _ in points]
     ax.scatter(latencies, [y for _, y, _ in points])
-    if spans:  # min-max over the interleaved rounds
+    if spans:  # the interval of each latency (older results: min-max over the rounds)
         ax.errorbar(latencies, [y for _, y, _ in points], fmt="none", ecolor="tab:blue", elinewidth=1, capsize=3,
                     xerr=[[max(0.0, x - spans.get(n, (x, x))[0]) for x, _, n in points],
                           [max(0.0, spans.get(n, (x, x))[1] - x) for x, _, n in points]])
