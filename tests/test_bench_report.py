@@ -325,3 +325,32 @@ def test_report_protocol_times_every_image_once(own_run, home, tmp_path):
     report_text = (tmp_path / "REPORT.md").read_text()
     assert "Runtime is the report's protocol" in report_text
     assert "Errors over 50 test images, a class-balanced subset of the 100" in report_text
+
+
+def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path, workspace):
+    first, second = tmp_path / "a", tmp_path / "b"
+    results = renamed(fixture())
+    moved_results = json.loads(json.dumps(results))
+    for row in moved_results["rows"]:
+        if row["variant"] == "static-int8-fused":  # batch 3.6446 -> 4.0, b1 unchanged
+            row["batch_speedup"] = 4.0
+    for row in results["rows"] + moved_results["rows"]:  # intervals of +-1% on the batch speed-ups only
+        mid = row["batch_speedup"] or 1.0
+        row.update(batch_speedup_lo=mid * 0.99, batch_speedup_hi=mid * 1.01)
+    for folder, content in ((first, results), (second, moved_results)):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(content))
+    cmp = report.compare(report.load_results(first), report.load_results(second))
+    assert cmp["batch_speedup_max_rel_diff"] == pytest.approx((4.0 - 3.6446) / ((4.0 + 3.6446) / 2))
+    assert cmp["b1_speedup_max_rel_diff"] == 0.0
+    assert cmp["variants"]["static-int8-fused"]["batch_overlap"] is False  # 3.61-3.68 against 3.96-4.04
+    assert cmp["variants"]["onnx-fp32"]["batch_overlap"] is True and cmp["variants"]["onnx-fp32"]["b1_overlap"] is None
+    assert "prune-global-0.8" not in cmp["variants"]  # failed in both: not compared
+    out = invoke("compare", str(first), str(second), "--write", str(tmp_path / "SPREAD.md")).output
+    assert "largest difference: 9.3% (batch), 0.0% (batch 1)" in out
+    text = (tmp_path / "SPREAD.md").read_text()
+    assert "**9.3% (batch)**" in text and "3.64x / 4.00x (9.3%), intervals apart" in text
+    one_line_error(invoke("compare", str(first), str(tmp_path / "nothing"), ok=False), "no results.json")
+    (second / "results.json").write_text(json.dumps({**moved_results, "rows": [moved_results["rows"][-1]]}))
+    one_line_error(invoke("compare", str(first), str(second), ok=False), "share no measured variant")
+    assert not (tmp_path / "nothing").exists()

@@ -622,6 +622,42 @@ def report_cmd(run_dir, results_dir, copy_to):
     console.print("wrote " + ", ".join(str(p) for p in written) + (f"; copied to {copy_to}" if copy_to else ""))
 
 
+@main.command(name="compare")
+@click.argument("first", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--write", "write_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the comparison as markdown to this file.")
+def compare_cmd(first, second, write_to):
+    """Two benches' speed-ups side by side, and the largest difference between them.
+
+    FIRST and SECOND are folders holding results.json (for example two
+    `vggtool bench --results-dir` runs of the same run, one after the other):
+    this machine's run-to-run noise, or whether a change really moved a figure.
+
+      vggtool bench --quick --results-dir runs/quick/bench-a
+      vggtool bench --quick --results-dir runs/quick/bench-b
+      vggtool compare runs/quick/bench-a runs/quick/bench-b
+    """
+    from rich.table import Table
+
+    from vggtool.files import write_text
+    from vggtool.report import compare, load_results, moved, render_comparison
+
+    cmp = compare(load_results(first), load_results(second))
+    t = Table(title="speed-ups over baseline: first / second (moved)")
+    for c in ("variant", "batch", "b1"):
+        t.add_column(c, no_wrap=c == "variant", justify="left" if c == "variant" else "right")
+    for name, v in cmp["variants"].items():
+        t.add_row(name, *(f"{v[k][0]:.2f} / {v[k][1]:.2f} ({100 * moved(v[k]):.1f}%)"
+                          for k in ("batch_speedup", "b1_speedup")))
+    console.print(t)
+    console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
+                  f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
+    if write_to:
+        write_text(write_to, render_comparison(cmp, (str(first), str(second))))
+        console.print(f"wrote {write_to}")
+
+
 @main.command(name="import")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,

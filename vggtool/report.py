@@ -217,7 +217,7 @@ def render_markdown(results: dict) -> str:
         + " Size is `torch.save(state_dict)` in MB (ONNX and coded variants: the stored file).",
         main,
         "## Latency and speed-up",
-        (f"Speed-ups are over `baseline`: {settings['estimator']} (in brackets)" if settings.get("estimator") else
+        (f"Speed-ups are over `baseline`, in brackets their interval: {settings['estimator']}" if settings.get("estimator") else
          "Speed-ups are over `baseline`, computed round by round and then the median taken"
          + (" (in brackets: the lowest and highest per-round ratio)" if any(r.get("batch_speedup_lo") for r in ok)
             else "")) + ". Batch-1: " + _batch1_protocol(settings) + ".",
@@ -272,6 +272,62 @@ def _spread(check: dict | None) -> list[str]:
             f"{100 * check['batch_speedup_max_rel_diff']:.1f}% (batch), {100 * check['b1_speedup_max_rel_diff']:.1f}% "
             "(batch 1): the noise floor of this machine for these figures.",
             _md_table(["Variant", "Speed-up batch, pass 1 / 2", "Speed-up b1, pass 1 / 2"], rows, ["-", ":-:", ":-:"])]
+
+
+def compare(first: dict, second: dict) -> dict:
+    """Two benches of the same variants side by side: each speed-up in both, how far it moved
+    (relative to the pair's mean) and whether the two intervals overlap; the largest moves."""
+    a = {r["variant"]: r for r in _rows(first) if r["status"] == "ok"}
+    b = {r["variant"]: r for r in _rows(second) if r["status"] == "ok"}
+    shared = [n for n in a if n in b and a[n].get("batch_speedup") is not None
+              and b[n].get("batch_speedup") is not None]
+    if not shared:
+        raise VggtoolError("the two results share no measured variant with speed-ups: nothing to compare")
+
+    def overlap(x, y, kind):
+        lo, hi = f"{kind}_speedup_lo", f"{kind}_speedup_hi"
+        if None in (x.get(lo), x.get(hi), y.get(lo), y.get(hi)):
+            return None
+        return x[lo] <= y[hi] and y[lo] <= x[hi]
+
+    variants = {}
+    for n in shared:
+        variants[n] = {k: [a[n][f"{k}_speedup"], b[n][f"{k}_speedup"]] for k in ("batch", "b1")}
+        variants[n].update({f"{k}_overlap": overlap(a[n], b[n], k) for k in ("batch", "b1")})
+    out = {"variants": {n: {"batch_speedup": v["batch"], "b1_speedup": v["b1"], "batch_overlap": v["batch_overlap"],
+                            "b1_overlap": v["b1_overlap"]} for n, v in variants.items()},
+           "batch_speedup_max_rel_diff": max(moved(v["batch"]) for v in variants.values()),
+           "b1_speedup_max_rel_diff": max(moved(v["b1"]) for v in variants.values()),
+           "dates": [first["environment"].get("date"), second["environment"].get("date")],
+           "cpu_flags": [first["environment"].get("cpu_flags"), second["environment"].get("cpu_flags")],
+           "skipped": sorted(set(a) ^ set(b))}
+    return out
+
+
+def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
+    """`vggtool compare` as markdown: every figure in it comes from the two results.json."""
+    def cell(v, k):
+        text = f"{v[k + '_speedup'][0]:.2f}x / {v[k + '_speedup'][1]:.2f}x ({100 * moved(v[k + '_speedup']):.1f}%)"
+        return text + (", intervals apart" if v.get(k + "_overlap") is False else "")
+
+    rows = [[n, cell(v, "batch"), cell(v, "b1")] for n, v in cmp["variants"].items()]
+    flags = " / ".join(sorted(set(f or "?" for f in cmp["cpu_flags"])))
+    parts = ["# Two benches compared",
+             f"`{names[0]}` ({cmp['dates'][0]}) against `{names[1]}` ({cmp['dates'][1]}); CPU flags: `{flags}`. "
+             "Rendered by `vggtool compare` from the two results.json.",
+             f"Largest difference between the two benches' speed-ups: **{100 * cmp['batch_speedup_max_rel_diff']:.1f}% "
+             f"(batch)**, **{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)**, relative to the pair's mean. "
+             "A pair whose 95% intervals do not overlap is marked \"intervals apart\".",
+             _md_table(["Variant", "Speed-up batch, first / second (moved)", "Speed-up b1, first / second (moved)"],
+                       rows, ["-", ":-:", ":-:"])]
+    if cmp["skipped"]:
+        parts.append("Measured in only one of them (not compared): " + ", ".join(f"`{n}`" for n in cmp["skipped"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def moved(pair) -> float:
+    """How far a figure moved between two measurements, relative to their mean."""
+    return abs(pair[0] - pair[1]) / ((pair[0] + pair[1]) / 2)
 
 
 def _architecture(ok: list[dict], batch: str) -> list[str]:
