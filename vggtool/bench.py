@@ -209,6 +209,7 @@ def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, call
 
 
 BOOTSTRAP, CONFIDENCE = 1000, 0.95
+MIN_INTERVAL_ROUNDS = 5  # fewer rounds give no interval worth the name (lo and hi are left empty)
 
 
 def pooled_median(rounds: list[list[float]]) -> float:
@@ -217,12 +218,15 @@ def pooled_median(rounds: list[list[float]]) -> float:
 
 
 def _bootstrap(stat: Callable[[list[int]], float], n: int, resamples: int = BOOTSTRAP,
-               confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of `stat` over rounds resampled with replacement (fixed seed)."""
+               confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile interval of `stat` over rounds resampled with replacement (fixed seed);
+    (None, None) below MIN_INTERVAL_ROUNDS rounds."""
     import numpy as np
 
+    if n < MIN_INTERVAL_ROUNDS:
+        return None, None
     rng = np.random.default_rng(seed)
-    values = [stat(list(rng.integers(0, n, n))) for _ in range(resamples)] if n > 1 else [stat(list(range(n)))]
+    values = [stat(list(rng.integers(0, n, n))) for _ in range(resamples)]
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(values, [tail, 1 - tail])
     return float(lo), float(hi)
@@ -235,7 +239,7 @@ def _median_of(rounds: list, pick: list[int]) -> float:
 
 
 def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], resamples: int = BOOTSTRAP,
-                    confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
+                    confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float | None, float | None]:
     """Speed-up pooled_median(reference) / pooled_median(candidate) with a paired
     bootstrap interval: rounds are resampled together for both sides (round r of each
     was measured side by side, so drift between rounds stays paired)."""
@@ -245,27 +249,31 @@ def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], 
     mid = pooled_median(reference) / pooled_median(candidate)
     lo, hi = _bootstrap(lambda pick: _median_of(ref, pick) / _median_of(cand, pick), len(ref), resamples,
                         confidence, seed)
-    return mid, min(lo, mid), max(hi, mid)
+    return mid, lo, hi
 
 
 def bootstrap_center(rounds: list[list[float]], resamples: int = BOOTSTRAP, confidence: float = CONFIDENCE,
-                     seed: int = 0) -> tuple[float, float, float]:
+                     seed: int = 0) -> tuple[float, float | None, float | None]:
     """pooled_median(rounds) with its bootstrap interval over the rounds."""
     import numpy as np
 
     arrays = [np.asarray(r, dtype=float) for r in rounds]
     mid = pooled_median(rounds)
     lo, hi = _bootstrap(lambda pick: _median_of(arrays, pick), len(arrays), resamples, confidence, seed)
-    return mid, min(lo, mid), max(hi, mid)
+    return mid, lo, hi
 
 
 def balanced_subset(split: Split, n: int) -> Split:
     """The first n // classes test images of every class (all of them when n is 0 or
-    covers the split), in their order in the split: a fixed, class-balanced sample."""
+    covers the split), in their order in the split: a fixed, class-balanced sample
+    (n rounded down to a multiple of the class count)."""
     if n <= 0 or n >= len(split):
         return split
     classes = split.labels.unique()
-    per_class = max(1, n // len(classes))
+    if n < len(classes):
+        raise VggtoolError(f"--accuracy-images {n} is below the {len(classes)} classes of the test split: score at "
+                           "least one image of each")
+    per_class = n // len(classes)
     keep = torch.cat([torch.nonzero(split.labels == c).flatten()[:per_class] for c in classes])
     return split.subset(keep.sort().values)
 
@@ -296,7 +304,7 @@ def bench(
     variant_dirs: dict[str, Path],
     test: Split,
     settings: BenchSettings,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: Callable[[str, float, int], None] | None = None,
     on_row: Callable[[dict], None] | None = None,
     baseline: str = "baseline",
 ) -> dict:
@@ -322,6 +330,8 @@ def bench(
     accuracy_split = balanced_subset(test, settings.accuracy_images)
     scored = prepare(accuracy_split, settings.batch_size)
     timed = prepare(latency_split, settings.batch_size)
+    if settings.protocol == "time" and len(timed) > 1 and len(timed[-1][0]) < settings.batch_size:
+        timed = timed[:-1]  # a partial last batch costs more per image: time whole batches only
     singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
     step, steps = 0, len(entries) * (2 + settings.rounds)  # steps shrinks once failures are known
 
@@ -362,6 +372,12 @@ def bench(
         warm_up(e.variant.predict, singles, settings.warmup)
         step += 1
     measured = []
+    cursor = {e.name: [0, 0] for e in live}  # each block goes on where the variant's last one stopped
+
+    def rotated(items: list, name: str, which: int) -> list:
+        at = cursor[name][which] % len(items)
+        return items[at:] + items[:at]
+
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
@@ -369,9 +385,14 @@ def bench(
             for e in live:
                 label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
                 progress(f"timing {label}round {r + 1}/{settings.rounds}: {e.name}")
-                batched[e.name].append(batch_timing(e.variant.predict, timed, 1, min_time, gap=settings.idle_gap))
-                b1[e.name].append(batch1_times(e.variant.predict, singles, 1, settings.single_calls, min_time,
-                                               gap=settings.idle_gap))
+                batch = batch_timing(e.variant.predict, rotated(timed, e.name, 0) if min_time > 0 else timed, 1,
+                                     min_time, gap=settings.idle_gap)
+                single = batch1_times(e.variant.predict, rotated(singles, e.name, 1), 1, settings.single_calls,
+                                      min_time, gap=settings.idle_gap)
+                cursor[e.name][0] += batch.calls  # (the untimed call repeats the block's first input)
+                cursor[e.name][1] += len(single)
+                batched[e.name].append(batch)
+                b1[e.name].append(single)
                 step += 1
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
@@ -398,7 +419,7 @@ def bench(
     progress("done")
     env = {**environment(settings), "peak_rss_mb": _peak_rss_mb()}
     results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus),
-                                                "estimator": ESTIMATOR},
+                                                "estimator": estimator(settings.protocol)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
         found = {e.name: e.variant.meta["figures"][scan] for e in entries
@@ -408,8 +429,12 @@ def bench(
     return results
 
 
-ESTIMATOR = (f"median over every timed call of every round; speed-ups as ratios of those medians, with a "
-             f"{CONFIDENCE:.0%} paired bootstrap interval over the rounds ({BOOTSTRAP} resamples)")
+def estimator(protocol: str) -> str:
+    """How the figures were drawn from the timed calls, in words for the report."""
+    center = ("median over every timed call of every round" if protocol == "time" else
+              "median of the per-round figures (each round's time summed over its images)")
+    return (f"{center}; speed-ups as ratios of those medians, with a {CONFIDENCE:.0%} paired bootstrap interval "
+            f"over the rounds ({BOOTSTRAP} resamples; none below {MIN_INTERVAL_ROUNDS} rounds)")
 
 
 def batch_rounds(timings: list[Timing], protocol: str) -> list[list[float]]:
@@ -469,7 +494,7 @@ def _base_row(e: _Entry) -> dict:
 
 
 def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings,
-              on_progress: Callable[[str, int, int], None] | None = None,
+              on_progress: Callable[[str, float, int], None] | None = None,
               on_row: Callable[[dict], None] | None = None) -> dict:
     """Measure a run's variants (all by default); returns the results, the run described as their subject."""
     from vggtool.data import is_synthetic, load_split

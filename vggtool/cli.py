@@ -520,7 +520,8 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--single-calls", type=int, default=3, show_default=True, help="Fewest timed batch-1 calls per block.")
 @click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
 @click.option("--accuracy-images", type=int, default=None,
-              help="Test images scored for error, class-balanced [all; --quick: 2000].")
+              help="Test images scored for error: the first of every class, rounded down to a multiple of the "
+                   "class count [all; --quick: 2000].")
 @click.option("--idle-gap", type=FINITE, default=0.02, show_default=True,
               help="Seconds idle before each block, so neither torch's nor ONNX Runtime's threads still spin "
                    "from the previous one.")
@@ -539,7 +540,8 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
 
     All variants run in one process under one set of conditions, in many
     short interleaved rounds (round robin, an idle gap before each block).
-    Each ms figure is the median over every timed call; each speed-up the
+    Each ms figure is the median over every timed call (--protocol report:
+    over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the
     rounds. Each block runs until it has covered --min-time; --protocol
     report times every test image once instead, as the report did. --quick
@@ -643,7 +645,14 @@ def compare_cmd(first, second, write_to):
     from vggtool.files import write_text
     from vggtool.report import compare, load_results, moved, render_comparison
 
+    if write_to is not None and write_to.name == "results.json":
+        raise VggtoolError(f"--write {write_to}: refusing to write markdown over a results.json; name it e.g. SPREAD.md")
     cmp = compare(load_results(first), load_results(second))
+    if write_to:  # before anything is printed: a failed write is the only line shown
+        try:
+            write_text(write_to, render_comparison(cmp, (str(first), str(second))))
+        except OSError as e:
+            raise VggtoolError(f"cannot write {write_to}: {e.strerror or e}") from None
     t = Table(title="speed-ups over baseline: first / second (moved)")
     for c in ("variant", "batch", "b1"):
         t.add_column(c, no_wrap=c == "variant", justify="left" if c == "variant" else "right")
@@ -653,8 +662,9 @@ def compare_cmd(first, second, write_to):
     console.print(t)
     console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
                   f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
+    if cmp["settings_differ"]:
+        console.print("the two benches differ in " + ", ".join(cmp["settings_differ"]) + ": not only noise")
     if write_to:
-        write_text(write_to, render_comparison(cmp, (str(first), str(second))))
         console.print(f"wrote {write_to}")
 
 

@@ -237,15 +237,21 @@ def render_markdown(results: dict) -> str:
 
 
 def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
-    rounds = (f"median over every call of {settings['rounds']} interleaved rounds, {settings.get('idle_gap', 0):g} s "
-              "idle before each block" if settings.get("estimator") else f"median of {settings['rounds']} "
-              "interleaved rounds")
+    pooled = max([r.get("rounds") or 0 for r in ok] + [settings["rounds"]])  # --repeat-check pools two passes
+    if not settings.get("estimator"):
+        rounds = f"median of {settings['rounds']} interleaved rounds"
+    elif settings.get("protocol") == "report":
+        rounds = f"median of {pooled} interleaved rounds, {settings.get('idle_gap', 0):g} s idle before each block"
+    else:
+        rounds = f"median over every call of {pooled} interleaved rounds, {settings.get('idle_gap', 0):g} s idle " \
+                 "before each block"
     if settings.get("protocol", "report") == "report":  # results from before 0.2 all used it
         return (f"Runtime is the report's protocol: batches of {settings['batch_size']}, time inside the model call "
                 f"summed over {lat_images} images, per image ({rounds}).")
     timed = [r["images_timed"] for r in ok if r.get("images_timed")]
     return (f"Runtime: time inside the model call over whole batches of {settings['batch_size']}, cycled through "
-            f"{lat_images} test images until at least {settings['min_time']:g} s were timed per block "
+            f"{lat_images} test images (whole batches only; each block goes on where the last one stopped) until "
+            f"at least {settings['min_time']:g} s were timed per block "
             f"({min(timed) if timed else '?'} to {max(timed) if timed else '?'} images per "
             f"{'block' if settings.get('estimator') else 'round'}), per image "
             f"({rounds}); `vggtool bench --protocol report` times every image once, as the report did.")
@@ -300,7 +306,9 @@ def compare(first: dict, second: dict) -> dict:
            "b1_speedup_max_rel_diff": max(moved(v["b1"]) for v in variants.values()),
            "dates": [first["environment"].get("date"), second["environment"].get("date")],
            "cpu_flags": [first["environment"].get("cpu_flags"), second["environment"].get("cpu_flags")],
-           "skipped": sorted(set(a) ^ set(b))}
+           "skipped": sorted(set(a) ^ set(b)),
+           "settings_differ": [k for k in ("batch_size", "protocol", "threads", "cpus", "engine", "latency_images")
+                               if first["settings"].get(k) != second["settings"].get(k)]}
     return out
 
 
@@ -320,6 +328,9 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
              "A pair whose 95% intervals do not overlap is marked \"intervals apart\".",
              _md_table(["Variant", "Speed-up batch, first / second (moved)", "Speed-up b1, first / second (moved)"],
                        rows, ["-", ":-:", ":-:"])]
+    if cmp["settings_differ"]:
+        parts.append("The two benches differ in settings (" + ", ".join(f"`{k}`" for k in cmp["settings_differ"])
+                     + "): part of the difference is theirs, not noise.")
     if cmp["skipped"]:
         parts.append("Measured in only one of them (not compared): " + ", ".join(f"`{n}`" for n in cmp["skipped"]))
     return "\n\n".join(parts) + "\n"
