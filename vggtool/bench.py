@@ -350,9 +350,9 @@ def bench(
             progress(f"accuracy: {e.name}")
             scored_images = [0]
 
-            def scoring(images: int, name: str = e.name) -> None:
-                scored_images[0] += images
-                progress(f"accuracy: {name}", scored_images[0] / len(accuracy_split))
+            def scoring(images: int, name: str = e.name, done: list[int] = scored_images) -> None:
+                done[0] += images
+                progress(f"accuracy: {name}", done[0] / len(accuracy_split))
 
             try:
                 acc = evaluate(e.variant.predict, scored, on_batch=scoring)
