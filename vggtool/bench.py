@@ -37,7 +37,7 @@ class BenchSettings:
     threads: int = 0  # 0: leave torch's default
     cpus: tuple[int, ...] = ()  # (): no pinning
     batch_size: int = 16
-    rounds: int = 30  # interleaved rounds: many short blocks repeat better than a few long ones (measured)
+    rounds: int = 30  # interleaved rounds: many short blocks repeated better than a few long ones in trials
     warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
     single_calls: int = 3  # the fewest timed batch-1 calls a block
     latency_images: int = 0  # 0: the whole test split, as the report
@@ -207,7 +207,6 @@ def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, call
     return times
 
 
-
 BOOTSTRAP, CONFIDENCE = 1000, 0.95
 MIN_INTERVAL_ROUNDS = 5  # fewer rounds give no interval worth the name (lo and hi are left empty)
 
@@ -215,6 +214,11 @@ MIN_INTERVAL_ROUNDS = 5  # fewer rounds give no interval worth the name (lo and 
 def pooled_median(rounds: list[list[float]]) -> float:
     """The median of every call of every round: one slow round moves it little."""
     return statistics.median([t for r in rounds for t in r])
+
+
+def speedup(reference: list[list[float]], candidate: list[list[float]]) -> float:
+    """How many times faster `candidate` is: the ratio of the two pooled medians."""
+    return pooled_median(reference) / pooled_median(candidate)
 
 
 def _bootstrap(stat: Callable[[list[int]], float], n: int, resamples: int = BOOTSTRAP,
@@ -246,7 +250,7 @@ def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], 
     import numpy as np
 
     ref, cand = [np.asarray(r, dtype=float) for r in reference], [np.asarray(r, dtype=float) for r in candidate]
-    mid = pooled_median(reference) / pooled_median(candidate)
+    mid = speedup(reference, candidate)
     lo, hi = _bootstrap(lambda pick: _median_of(ref, pick) / _median_of(cand, pick), len(ref), resamples,
                         confidence, seed)
     return mid, lo, hi
@@ -453,19 +457,16 @@ def _speedups(base: list[list[float]], cand: list[list[float]], base1: list[list
 
 def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dict:
     """The two passes' speed-ups side by side, and the largest relative difference between them."""
+    from vggtool.report import moved
+
     per_variant = {}
     for name in measured[0][0]:
-        a = [{"batch_speedup": pooled_median(batch_rounds(m[0][baseline], protocol))
-              / pooled_median(batch_rounds(m[0][name], protocol)),
-              "b1_speedup": pooled_median(m[1][baseline]) / pooled_median(m[1][name])} for m in measured]
+        a = [{"batch_speedup": speedup(batch_rounds(m[0][baseline], protocol), batch_rounds(m[0][name], protocol)),
+              "b1_speedup": speedup(m[1][baseline], m[1][name])} for m in measured]
         per_variant[name] = {k: [a[0][k], a[1][k]] for k in ("batch_speedup", "b1_speedup")}
-
-    def rel(pair):
-        return abs(pair[0] - pair[1]) / ((pair[0] + pair[1]) / 2)
-
     return {"variants": per_variant,
-            "batch_speedup_max_rel_diff": max(rel(v["batch_speedup"]) for v in per_variant.values()),
-            "b1_speedup_max_rel_diff": max(rel(v["b1_speedup"]) for v in per_variant.values())}
+            "batch_speedup_max_rel_diff": max(moved(v["batch_speedup"]) for v in per_variant.values()),
+            "b1_speedup_max_rel_diff": max(moved(v["b1_speedup"]) for v in per_variant.values())}
 
 
 ROW_FIELDS = [
