@@ -126,6 +126,30 @@ def test_repeat_check_reports_the_injected_difference():
     assert spread["b1_speedup_max_rel_diff"] == 0.0
 
 
+def test_a_time_budget_plans_as_many_rounds_as_fit_within_bounds():
+    assert bench.planned_rounds(30, 0.0, 5, 1.0) == 30  # no budget: exactly the fewest
+    assert bench.planned_rounds(30, 300.0, 10, 20.0) == 150  # 2 s a round so far: 150 fit in 300 s
+    assert bench.planned_rounds(30, 300.0, 10, 200.0) == 30  # slower than the budget: still the fewest
+    assert bench.planned_rounds(30, 1e6, 1, 0.01) == bench.MAX_ROUNDS
+    assert bench.planned_rounds(30, 300.0, 0, 0.0) == 30
+
+
+def test_bench_adds_rounds_while_the_time_budget_lasts(own_run, home, tmp_path):
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
+    started = time.perf_counter()
+    invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--rounds", "2", "--time-budget", "2",
+           "--min-time", "0.01", "--idle-gap", "0", "--warmup", "1", "--threads", "1", "--accuracy-images", "20",
+           "--repeat-check", "--results-dir", str(tmp_path))
+    took = time.perf_counter() - started
+    results = json.loads((tmp_path / "results.json").read_text())
+    (row,) = results["rows"]
+    assert results["settings"]["time_budget"] == 2.0
+    # a round of two 10 ms blocks fits many times in 2 s; both passes ran the first pass's count
+    assert row["rounds"] > 2 * 10 and row["rounds"] % 2 == 0
+    assert took < 2 * 2 + 60  # two passes of about 2 s each, plus loading and scoring
+    assert "as many as a 2 s budget allowed, at least 2" in (tmp_path / "REPORT.md").read_text()
+
+
 def test_batch1_times_with_a_predictor_of_known_cost():
     times = bench.batch1_times(sleeper(5), [x for x, _ in bench.prepare(split(8), 1)], warmup=3, calls=20)
     assert len(times) == 20  # no minimum time asked: exactly the calls
@@ -279,7 +303,8 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     shutil.copytree(trained_run / "variants" / "baseline", broken)
     (broken / "model.safetensors").write_bytes(b"corrupt")
     out = invoke("bench", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
-                 "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--rounds", "3", "--threads", "1",
+                 "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--rounds", "3", "--time-budget", "0",
+                 "--threads", "1",
                  "--min-time", "0.1", "--repeat-check", "--results-dir", str(tmp_path)).output
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
@@ -322,7 +347,8 @@ def test_balanced_subset_takes_the_first_images_of_every_class():
 
 def test_report_protocol_times_every_image_once(own_run, home, tmp_path):
     invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
-    invoke("bench", "--run-dir", str(own_run), "--protocol", "report", "--rounds", "1", "--single-calls", "3",
+    invoke("bench", "--run-dir", str(own_run), "--protocol", "report", "--rounds", "1", "--time-budget", "0",
+           "--single-calls", "3",
            "--threads", "1", "--accuracy-images", "50", "--results-dir", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]

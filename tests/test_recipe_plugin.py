@@ -106,7 +106,8 @@ def test_a_recipe_from_one_file_is_built_reloaded_benched_and_rendered(registere
     assert [step["name"] for step in chain] == ["checkpoint", name]
 
     invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", name, "--quick", "--rounds", "1",
-           "--min-time", "0.05", "--threads", "1", "--single-calls", "3", "--results-dir", str(tmp_path / "results"))
+           "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3",
+           "--results-dir", str(tmp_path / "results"))
     rows = {r["variant"]: r for r in json.loads((tmp_path / "results" / "results.json").read_text())["rows"]}
     assert rows[name]["status"] == "ok" and rows[name]["method"] == "Throwaway scaled head"
     # scaling logits changes no ranking: the same errors as the baseline

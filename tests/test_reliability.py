@@ -385,7 +385,8 @@ def test_bench_killed_leaves_the_previous_results_whole(run, session_home):
     results = run / "results"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VGGTOOL_HOME", str(session_home))
-        invoke("bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--min-time", "0.05",
+        invoke("bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--time-budget", "0",
+               "--min-time", "0.05",
                "--single-calls", "3", "--warmup", "1")
     before = digests(results)
     job = _vggtool(session_home, "bench", "--run-dir", str(run), "--rounds", "3")

@@ -37,7 +37,7 @@ class BenchSettings:
     threads: int = 0  # 0: leave torch's default
     cpus: tuple[int, ...] = ()  # (): no pinning
     batch_size: int = 16
-    rounds: int = 30  # interleaved rounds: many short blocks repeated better than a few long ones in trials
+    rounds: int = 30  # the fewest interleaved rounds: many short blocks repeated better than a few long ones
     warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
     single_calls: int = 3  # the fewest timed batch-1 calls a block
     latency_images: int = 0  # 0: the whole test split, as the report
@@ -46,16 +46,17 @@ class BenchSettings:
     min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
     repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
     accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
-    idle_gap: float = 0.02  # seconds idle before each block, so no thread pool still spins from the last one
+    idle_gap: float = 0.02  # seconds idle before each variant's turn, so no thread pool still spins from the last
+    time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
 
     def __post_init__(self):
         for name in ("batch_size", "rounds", "single_calls"):
             if getattr(self, name) <= 0:
                 raise VggtoolError(f"{name.replace('_', '-')} must be positive")
         if min(self.threads, self.warmup, self.latency_images, self.min_time, self.accuracy_images,
-               self.idle_gap) < 0:
-            raise VggtoolError("threads, warmup, latency images, accuracy images, min time and idle gap must not "
-                               "be negative")
+               self.idle_gap, self.time_budget) < 0:
+            raise VggtoolError("threads, warmup, latency images, accuracy images, min time, idle gap and time "
+                               "budget must not be negative")
         if self.protocol not in PROTOCOLS:
             raise VggtoolError(f"unknown timing protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
@@ -208,7 +209,17 @@ def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, call
 
 
 BOOTSTRAP, CONFIDENCE = 1000, 0.95
+MAX_ROUNDS = 1000  # the most rounds a time budget buys
 MIN_INTERVAL_ROUNDS = 5  # fewer rounds give no interval worth the name (lo and hi are left empty)
+
+
+def planned_rounds(fewest: int, budget: float, done: int, seconds: float) -> int:
+    """How many rounds a pass runs, re-planned after each one: as many as fit in `budget`
+    seconds at the pace so far (`done` rounds in `seconds`), at least `fewest`, at most
+    MAX_ROUNDS; exactly `fewest` without a budget."""
+    if budget <= 0 or done <= 0:
+        return fewest
+    return max(fewest, min(MAX_ROUNDS, int(budget * done / max(seconds, 1e-9))))
 
 
 def pooled_median(rounds: list[list[float]]) -> float:
@@ -368,7 +379,7 @@ def bench(
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
     passes = 2 if settings.repeat_check else 1
-    steps = len(entries) + len(live) + passes * settings.rounds * len(live)
+    steps = len(entries) + len(live) + passes * settings.rounds * len(live)  # grows if a time budget buys rounds
     min_time = settings.min_time if settings.protocol == "time" else 0.0
     for e in live:  # warmed once, until the call time settles; each block then starts with one untimed call
         progress(f"warm-up: {e.name}")
@@ -382,22 +393,29 @@ def bench(
         at = cursor[name][which] % len(items)
         return items[at:] + items[:at]
 
+    planned = settings.rounds  # the first pass adds rounds while its time budget lasts; later ones repeat its count
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
-        for r in range(settings.rounds):
+        started, r = time.perf_counter(), 0
+        while r < planned:
             for e in live:
                 label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
-                progress(f"timing {label}round {r + 1}/{settings.rounds}: {e.name}")
+                progress(f"timing {label}round {r + 1}/{planned}: {e.name}")
                 batch = batch_timing(e.variant.predict, rotated(timed, e.name, 0) if min_time > 0 else timed, 1,
                                      min_time, gap=settings.idle_gap)
+                # no idle gap here: the same variant just ran, so no other library's threads still spin
                 single = batch1_times(e.variant.predict, rotated(singles, e.name, 1), 1, settings.single_calls,
-                                      min_time, gap=settings.idle_gap)
+                                      min_time)
                 cursor[e.name][0] += batch.calls  # (the untimed call repeats the block's first input)
                 cursor[e.name][1] += len(single)
                 batched[e.name].append(batch)
                 b1[e.name].append(single)
                 step += 1
+            r += 1
+            if p == 0:
+                planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
+                steps = len(entries) + len(live) + passes * planned * len(live)
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
     b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}

@@ -509,24 +509,29 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
 @click.option("--rounds", type=int, default=30, show_default=True,
-              help="Interleaved rounds: each variant timed in a short block per round, round robin.")
+              help="The fewest interleaved rounds: each variant timed in a short block per round (batch, then "
+                   "batch 1), round robin; more follow while --time-budget lasts.")
+@click.option("--time-budget", type=FINITE, default=None,
+              help="Seconds the timed rounds may take (each --repeat-check pass): rounds are added while it lasts, "
+                   "up to 1000; 0 runs exactly --rounds [600; --quick: 300].")
 @click.option("--warmup", type=int, default=30, show_default=True,
               help="Most untimed calls per variant before the rounds; warm-up stops once the call time settles "
                    "(within 5%). Each block then starts with one untimed call.")
 @click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
               help="time: whole batches until --min-time is covered; report: every timed test image once.")
 @click.option("--min-time", type=FINITE, default=None,
-              help="Seconds each timed block covers at least, per variant, round and batch size [0.2; --quick: 0.1].")
+              help="Seconds each timed block covers at least, per variant, round and batch size [0.2; --quick: "
+                   "0.03]: many short blocks sample more of the machine's changing speed than a few long ones.")
 @click.option("--single-calls", type=int, default=3, show_default=True, help="Fewest timed batch-1 calls per block.")
 @click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
 @click.option("--accuracy-images", type=int, default=None,
               help="Test images scored for error: the first of every class, rounded down to a multiple of the "
                    "class count [all; --quick: 2000].")
 @click.option("--idle-gap", type=FINITE, default=0.02, show_default=True,
-              help="Seconds idle before each block, so neither torch's nor ONNX Runtime's threads still spin "
-                   "from the previous one.")
+              help="Seconds idle before each variant's turn, so neither torch's nor ONNX Runtime's threads still "
+                   "spin from the previous variant.")
 @click.option("--quick", is_flag=True,
-              help="Minutes on 2 cores: time on 1000 images in 0.1 s blocks, score error on 2000.")
+              help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
               help="Measure everything twice and state the largest difference between the two passes' speed-ups.")
 @click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
@@ -534,12 +539,14 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
 @click.option("--resume", is_flag=True,
               help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
-def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmup, protocol, min_time, single_calls,
-              latency_images, accuracy_images, idle_gap, quick, repeat_check, engine, results_dir, resume):
+def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, warmup, protocol, min_time,
+              single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check, engine, results_dir,
+              resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions, in many
-    short interleaved rounds (round robin, an idle gap before each block).
+    short interleaved rounds (round robin, an idle gap before each variant's
+    turn), as many as --time-budget allows (at least --rounds).
     Each ms figure is the median over every timed call (--protocol report:
     over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the
@@ -568,9 +575,11 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, warmu
     if accuracy_images is None:
         accuracy_images = 2000 if quick else 0
     if min_time is None:
-        min_time = 0.1 if quick else 0.2
+        min_time = 0.03 if quick else 0.2
+    if time_budget is None:
+        time_budget = 300.0 if quick else 600.0
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap)
+                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after

@@ -240,11 +240,13 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
     pooled = max([r.get("rounds") or 0 for r in ok] + [settings["rounds"]])  # --repeat-check pools two passes
     if not settings.get("estimator"):
         rounds = f"median of {settings['rounds']} interleaved rounds"
-    elif settings.get("protocol") == "report":
-        rounds = f"median of {pooled} interleaved rounds, {settings.get('idle_gap', 0):g} s idle before each block"
     else:
-        rounds = f"median over every call of {pooled} interleaved rounds, {settings.get('idle_gap', 0):g} s idle " \
-                 "before each block"
+        center = "median" if settings.get("protocol") == "report" else "median over every call"
+        where = "each variant's turn" if "time_budget" in settings else "each block"
+        budget = (f" (as many as a {settings['time_budget']:g} s budget allowed, at least {settings['rounds']})"
+                  if settings.get("time_budget") else "")
+        rounds = f"{center} of {pooled} interleaved rounds{budget}, {settings.get('idle_gap', 0):g} s idle before " \
+                 f"{where}"
     if settings.get("protocol", "report") == "report":  # results from before 0.2 all used it
         return (f"Runtime is the report's protocol: batches of {settings['batch_size']}, time inside the model call "
                 f"summed over {lat_images} images, per image ({rounds}).")
