@@ -393,3 +393,24 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     one_line_error(invoke("compare", str(first), str(second), "--write", str(out_md), ok=False),
                    "share no measured variant")
     assert not out_md.exists() and json.loads((first / "results.json").read_text()) == results
+
+
+def test_each_part_of_a_pass_loads_every_variant_afresh(own_run, home, tmp_path, monkeypatch):
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline", "--variant", "static-int8-fused")
+    loaded = []
+    real = bench.load_variant
+
+    def counting(folder, threads):
+        loaded.append(Path(folder).name)
+        return real(folder, threads)
+
+    monkeypatch.setattr(bench, "load_variant", counting)
+    invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", "static-int8-fused", "--rounds",
+           "6", "--time-budget", "0", "--loads", "3", "--min-time", "0.01", "--warmup", "1", "--threads", "1",
+           "--accuracy-images", "20", "--repeat-check", "--results-dir", str(tmp_path))
+    # once at the start, then afresh before parts 2 and 3 of each pass and before the second pass
+    assert loaded.count("baseline") == loaded.count("static-int8-fused") == 1 + 2 + 1 + 2
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["loads"] == 3 and {r["rounds"] for r in results["rows"]} == {12}
+    assert "every variant loaded afresh for each of 3 parts of a pass" in (tmp_path / "REPORT.md").read_text()
+    one_line_error(invoke("bench", "--run-dir", str(own_run), "--loads", "0", ok=False), "loads must be positive")

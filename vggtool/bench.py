@@ -10,6 +10,7 @@ plus the environment; writing and rendering them is `report.publish`'s job.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -48,9 +49,10 @@ class BenchSettings:
     accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
     idle_gap: float = 0.02  # seconds idle before each variant's turn, so no thread pool still spins from the last
     time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
+    loads: int = 1  # each pass's rounds in this many parts, every variant loaded afresh (and warmed) for each part
 
     def __post_init__(self):
-        for name in ("batch_size", "rounds", "single_calls"):
+        for name in ("batch_size", "rounds", "single_calls", "loads"):
             if getattr(self, name) <= 0:
                 raise VggtoolError(f"{name.replace('_', '-')} must be positive")
         if min(self.threads, self.warmup, self.latency_images, self.min_time, self.accuracy_images,
@@ -381,10 +383,23 @@ def bench(
     passes = 2 if settings.repeat_check else 1
     steps = len(entries) + len(live) + passes * settings.rounds * len(live)  # grows if a time budget buys rounds
     min_time = settings.min_time if settings.protocol == "time" else 0.0
-    for e in live:  # warmed once, until the call time settles; each block then starts with one untimed call
-        progress(f"warm-up: {e.name}")
+    def warm(e: _Entry) -> None:  # until the call time settles; each block then starts with one untimed call
         warm_up(e.variant.predict, [x for x, _ in timed], settings.warmup)
         warm_up(e.variant.predict, singles, settings.warmup)
+
+    def reload() -> None:
+        """Every variant loaded afresh: a load's own memory placement (and ONNX Runtime session)
+        moved one variant's figures between processes beyond its interval; parts average it."""
+        for e in live:
+            progress(f"loading afresh: {e.name}")
+            e.variant = None  # the old copy goes before the new one is made
+            gc.collect()
+            e.variant = load_variant(variant_dirs[e.name], settings.threads)
+            warm(e)
+
+    for e in live:
+        progress(f"warm-up: {e.name}")
+        warm(e)
         step += 1
     measured = []
     cursor = {e.name: [0, 0] for e in live}  # each block goes on where the variant's last one stopped
@@ -397,6 +412,8 @@ def bench(
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
+        if p > 0 and settings.loads > 1:
+            reload()  # a repeat starts on fresh copies too
         started, r = time.perf_counter(), 0
         while r < planned:
             for e in live:
@@ -416,6 +433,8 @@ def bench(
             if p == 0:
                 planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
                 steps = len(entries) + len(live) + passes * planned * len(live)
+            if r < planned and (r * settings.loads) // planned != ((r - 1) * settings.loads) // planned:
+                reload()  # the next part of this pass on fresh copies
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
     b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}

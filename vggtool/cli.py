@@ -514,6 +514,10 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--time-budget", type=FINITE, default=None,
               help="Seconds the timed rounds may take (each --repeat-check pass): rounds are added while it lasts, "
                    "up to 1000; 0 runs exactly --rounds [600; --quick: 300].")
+@click.option("--loads", type=int, default=3, show_default=True,
+              help="Split each pass's rounds into this many parts and load every variant afresh (then warm it) for "
+                   "each: one load's memory placement can move a variant's figures beyond its interval, parts "
+                   "average that out. 1: load once.")
 @click.option("--warmup", type=int, default=30, show_default=True,
               help="Most untimed calls per variant before the rounds; warm-up stops once the call time settles "
                    "(within 5%). Each block then starts with one untimed call.")
@@ -539,9 +543,9 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
 @click.option("--resume", is_flag=True,
               help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
-def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, warmup, protocol, min_time,
-              single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check, engine, results_dir,
-              resume):
+def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, loads, warmup, protocol,
+              min_time, single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check, engine,
+              results_dir, resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions, in many
@@ -579,7 +583,7 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
     if time_budget is None:
         time_budget = 300.0 if quick else 600.0
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget)
+                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget, loads)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after

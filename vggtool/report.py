@@ -245,8 +245,10 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
         where = "each variant's turn" if "time_budget" in settings else "each block"
         budget = (f" (as many as a {settings['time_budget']:g} s budget allowed, at least {settings['rounds']})"
                   if settings.get("time_budget") else "")
+        loads = (f"; every variant loaded afresh for each of {settings['loads']} parts of a pass"
+                 if settings.get("loads", 1) > 1 else "")
         rounds = f"{center} of {pooled} interleaved rounds{budget}, {settings.get('idle_gap', 0):g} s idle before " \
-                 f"{where}"
+                 f"{where}{loads}"
     if settings.get("protocol", "report") == "report":  # results from before 0.2 all used it
         return (f"Runtime is the report's protocol: batches of {settings['batch_size']}, time inside the model call "
                 f"summed over {lat_images} images, per image ({rounds}).")
