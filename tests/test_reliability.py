@@ -296,8 +296,11 @@ def test_fuzz_case_counts(capsys):
 def _vggtool(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "VGGTOOL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("VGGTOOL_DATA", None)
+    # SIGINT as a terminal delivers it: a suite started in the background of a non-interactive shell
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt in the child
     return subprocess.Popen([sys.executable, "-m", "vggtool", *args], env=env, cwd=home,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 KILL_IN_WRITE = """

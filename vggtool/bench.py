@@ -383,6 +383,7 @@ def bench(
     passes = 2 if settings.repeat_check else 1
     steps = len(entries) + len(live) + passes * settings.rounds * len(live)  # grows if a time budget buys rounds
     min_time = settings.min_time if settings.protocol == "time" else 0.0
+
     def warm(e: _Entry) -> None:  # until the call time settles; each block then starts with one untimed call
         warm_up(e.variant.predict, [x for x, _ in timed], settings.warmup)
         warm_up(e.variant.predict, singles, settings.warmup)
