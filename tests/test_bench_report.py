@@ -395,6 +395,17 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     assert not out_md.exists() and json.loads((first / "results.json").read_text()) == results
 
 
+def test_load_parts_only_advance_when_a_time_budget_grows_the_plan():
+    assert [bench.load_part(0, r, 30, 3) for r in (0, 9, 10, 20, 29, 30)] == [0, 0, 1, 2, 2, 0]  # none after the last
+    part, reloads = 0, []
+    for r in range(1, 45):  # 30 rounds planned, then 45 once the pace is known: a boundary moves past round 10
+        planned = 30 if r < 12 else 45
+        if bench.load_part(part, r, planned, 3) > part:
+            part = bench.load_part(part, r, planned, 3)
+            reloads.append(r)
+    assert reloads == [10, 30]  # two reloads for three parts, never the first boundary twice
+
+
 def test_each_part_of_a_pass_loads_every_variant_afresh(own_run, home, tmp_path, monkeypatch):
     invoke("compress", "--run-dir", str(own_run), "--variant", "baseline", "--variant", "static-int8-fused")
     loaded = []

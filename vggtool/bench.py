@@ -224,6 +224,14 @@ def planned_rounds(fewest: int, budget: float, done: int, seconds: float) -> int
     return max(fewest, min(MAX_ROUNDS, int(budget * done / max(seconds, 1e-9))))
 
 
+def load_part(part: int, done: int, planned: int, loads: int) -> int:
+    """The part (0-based, of `loads`) a pass is in after `done` of `planned` rounds, having
+    been in `part`: it only advances, so a plan that grows never repeats a reload."""
+    if done >= planned:
+        return part
+    return max(part, min(loads - 1, done * loads // max(planned, 1)))
+
+
 def pooled_median(rounds: list[list[float]]) -> float:
     """The median of every call of every round: one slow round moves it little."""
     return statistics.median([t for r in rounds for t in r])
@@ -381,7 +389,12 @@ def bench(
         changed(rows[e.name])
     live = [e for e in entries if e.variant is not None]
     passes = 2 if settings.repeat_check else 1
-    steps = len(entries) + len(live) + passes * settings.rounds * len(live)  # grows if a time budget buys rounds
+    planned = settings.rounds  # the first pass adds rounds while its time budget lasts; later ones repeat its count
+
+    def total_steps() -> int:
+        return len(entries) + len(live) + passes * planned * len(live)
+
+    steps = total_steps()
     min_time = settings.min_time if settings.protocol == "time" else 0.0
 
     def warm(e: _Entry) -> None:  # until the call time settles; each block then starts with one untimed call
@@ -409,13 +422,12 @@ def bench(
         at = cursor[name][which] % len(items)
         return items[at:] + items[:at]
 
-    planned = settings.rounds  # the first pass adds rounds while its time budget lasts; later ones repeat its count
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
         if p > 0 and settings.loads > 1:
             reload()  # a repeat starts on fresh copies too
-        started, r = time.perf_counter(), 0
+        started, r, part = time.perf_counter(), 0, 0
         while r < planned:
             for e in live:
                 label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
@@ -433,8 +445,9 @@ def bench(
             r += 1
             if p == 0:
                 planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
-                steps = len(entries) + len(live) + passes * planned * len(live)
-            if r < planned and (r * settings.loads) // planned != ((r - 1) * settings.loads) // planned:
+                steps = total_steps()
+            if load_part(part, r, planned, settings.loads) > part:
+                part = load_part(part, r, planned, settings.loads)
                 reload()  # the next part of this pass on fresh copies
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass

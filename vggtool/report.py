@@ -300,14 +300,11 @@ def compare(first: dict, second: dict) -> dict:
             return None
         return x[lo] <= y[hi] and y[lo] <= x[hi]
 
-    variants = {}
-    for n in shared:
-        variants[n] = {k: [a[n][f"{k}_speedup"], b[n][f"{k}_speedup"]] for k in ("batch", "b1")}
-        variants[n].update({f"{k}_overlap": overlap(a[n], b[n], k) for k in ("batch", "b1")})
-    out = {"variants": {n: {"batch_speedup": v["batch"], "b1_speedup": v["b1"], "batch_overlap": v["batch_overlap"],
-                            "b1_overlap": v["b1_overlap"]} for n, v in variants.items()},
-           "batch_speedup_max_rel_diff": max(moved(v["batch"]) for v in variants.values()),
-           "b1_speedup_max_rel_diff": max(moved(v["b1"]) for v in variants.values()),
+    variants = {n: {**{f"{k}_speedup": [a[n][f"{k}_speedup"], b[n][f"{k}_speedup"]] for k in ("batch", "b1")},
+                    **{f"{k}_overlap": overlap(a[n], b[n], k) for k in ("batch", "b1")}} for n in shared}
+    out = {"variants": variants,
+           "batch_speedup_max_rel_diff": max(moved(v["batch_speedup"]) for v in variants.values()),
+           "b1_speedup_max_rel_diff": max(moved(v["b1_speedup"]) for v in variants.values()),
            "dates": [first["environment"].get("date"), second["environment"].get("date")],
            "cpu_flags": [first["environment"].get("cpu_flags"), second["environment"].get("cpu_flags")],
            "skipped": sorted(set(a) ^ set(b)),
