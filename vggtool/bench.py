@@ -47,7 +47,10 @@ class BenchSettings:
     min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
     repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
     accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
-    idle_gap: float = 0.02  # seconds idle before each variant's turn, so no thread pool still spins from the last
+    # seconds idle before each variant's turn, so no thread pool still spins from the last: after 0.02 s an ONNX
+    # Runtime session's spinning pool still slowed the next variant's first calls (onnx-int8 after onnx-fp32 up to
+    # 65%, so 0.03 s blocks put it at 3.0x and 0.3 s blocks at 4.2x); from 0.04 s its calls were flat
+    idle_gap: float = 0.05
     time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
     loads: int = 1  # each pass's rounds in this many parts, every variant loaded afresh (and warmed) for each part
 

@@ -531,9 +531,9 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--accuracy-images", type=int, default=None,
               help="Test images scored for error: the first of every class, rounded down to a multiple of the "
                    "class count [all; --quick: 2000].")
-@click.option("--idle-gap", type=FINITE, default=0.02, show_default=True,
+@click.option("--idle-gap", type=FINITE, default=0.05, show_default=True,
               help="Seconds idle before each variant's turn, so neither torch's nor ONNX Runtime's threads still "
-                   "spin from the previous variant.")
+                   "spin from the previous variant (an ONNX Runtime pool still spun after 0.02 s).")
 @click.option("--quick", is_flag=True,
               help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
