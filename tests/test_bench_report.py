@@ -147,6 +147,7 @@ def test_bench_adds_rounds_while_the_time_budget_lasts(own_run, home, tmp_path):
     # a round of two 10 ms blocks fits many times in 2 s; both passes ran the first pass's count
     assert row["rounds"] > 2 * 10 and row["rounds"] % 2 == 0
     assert took < 2 * 2 + 60  # two passes of about 2 s each, plus loading and scoring
+    assert 2 * 2 <= results["environment"]["bench_seconds"] <= took  # its own wall time, inside the command's
     assert "as many as a 2 s budget allowed, at least 2" in (tmp_path / "REPORT.md").read_text()
 
 
@@ -369,6 +370,7 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     for row in results["rows"] + moved_results["rows"]:  # intervals of +-1% on the batch speed-ups only
         mid = row["batch_speedup"] or 1.0
         row.update(batch_speedup_lo=mid * 0.99, batch_speedup_hi=mid * 1.01)
+    moved_results["environment"]["bench_seconds"] = 512.3
     for folder, content in ((first, results), (second, moved_results)):
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps(content))
@@ -382,6 +384,11 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     assert "largest difference: 9.3% (batch), 0.0% (batch 1)" in out
     text = (tmp_path / "SPREAD.md").read_text()
     assert "**9.3% (batch)**" in text and "3.64x / 4.00x (9.3%), intervals apart" in text
+    assert "They timed 3 and 3 rounds." in text and "took" not in text  # the first has no wall time on record
+    results["environment"]["bench_seconds"] = 498.0
+    (first / "results.json").write_text(json.dumps(results))
+    invoke("compare", str(first), str(second), "--write", str(tmp_path / "SPREAD.md"))
+    assert "The benches took 498 s and 512 s" in (tmp_path / "SPREAD.md").read_text()
     out_md = tmp_path / "never.md"
     one_line_error(invoke("compare", str(first), str(tmp_path / "nothing"), "--write", str(out_md), ok=False),
                    "no results.json")
