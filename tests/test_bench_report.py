@@ -371,6 +371,8 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
         mid = row["batch_speedup"] or 1.0
         row.update(batch_speedup_lo=mid * 0.99, batch_speedup_hi=mid * 1.01)
     moved_results["environment"]["bench_seconds"] = 512.3
+    for row in moved_results["rows"]:
+        row["rounds"] = row["rounds"] and 5
     for folder, content in ((first, results), (second, moved_results)):
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps(content))
@@ -384,11 +386,19 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     assert "largest difference: 9.3% (batch), 0.0% (batch 1)" in out
     text = (tmp_path / "SPREAD.md").read_text()
     assert "**9.3% (batch)**" in text and "3.64x / 4.00x (9.3%), intervals apart" in text
-    assert "They timed 3 and 3 rounds." in text and "took" not in text  # the first has no wall time on record
+    # the first has no wall time on record (written before bench_seconds), the second does
+    assert "The benches took ? and 512 s (data, loading, scoring and timing; not the interpreter's start); they " \
+           "timed 3 and 5 rounds." in text
+    assert "The benches took ? and 512 s" in out
     results["environment"]["bench_seconds"] = 498.0
     (first / "results.json").write_text(json.dumps(results))
     invoke("compare", str(first), str(second), "--write", str(tmp_path / "SPREAD.md"))
     assert "The benches took 498 s and 512 s" in (tmp_path / "SPREAD.md").read_text()
+    quiet = report.compare(report.load_results(first), report.load_results(second))  # neither time nor rounds
+    quiet.update(bench_seconds=[None, None], rounds=[0, 0])
+    assert report.durations(quiet) == "" and "The benches" not in report.render_comparison(quiet, ("a", "b"))
+    assert report.durations({**quiet, "rounds": [3, 6], "passes": [1, 2]}) == \
+        "The benches timed 3 and 6 rounds (the second over its two --repeat-check passes)."
     out_md = tmp_path / "never.md"
     one_line_error(invoke("compare", str(first), str(tmp_path / "nothing"), "--write", str(out_md), ok=False),
                    "no results.json")

@@ -656,7 +656,7 @@ def compare_cmd(first, second, write_to):
     from rich.table import Table
 
     from vggtool.files import write_text
-    from vggtool.report import compare, load_results, moved, render_comparison
+    from vggtool.report import compare, durations, load_results, moved, render_comparison
 
     if write_to is not None and write_to.name == "results.json":
         raise VggtoolError(f"--write {write_to}: refusing to write markdown over a results.json; name it e.g. SPREAD.md")
@@ -675,6 +675,8 @@ def compare_cmd(first, second, write_to):
     console.print(t)
     console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
                   f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
+    if durations(cmp):
+        console.print(durations(cmp))
     if cmp["settings_differ"]:
         console.print("the two benches differ in " + ", ".join(cmp["settings_differ"]) + ": not only noise")
     if write_to:

@@ -309,19 +309,28 @@ def compare(first: dict, second: dict) -> dict:
            "cpu_flags": [first["environment"].get("cpu_flags"), second["environment"].get("cpu_flags")],
            "bench_seconds": [first["environment"].get("bench_seconds"), second["environment"].get("bench_seconds")],
            "rounds": [max((r.get("rounds") or 0 for r in _rows(x)), default=0) for x in (first, second)],
+           "passes": [2 if x.get("repeat_check") else 1 for x in (first, second)],
            "skipped": sorted(set(a) ^ set(b)),
            "settings_differ": [k for k in ("batch_size", "protocol", "threads", "cpus", "engine", "latency_images")
                                if first["settings"].get(k) != second["settings"].get(k)]}
     return out
 
 
-def _durations(cmp: dict) -> str:
-    """How long each bench took and how many rounds it timed, where its results.json says so."""
-    secs, rounds = cmp.get("bench_seconds") or [None, None], cmp.get("rounds") or [0, 0]
-    took = (f" The benches took {secs[0]:.0f} s and {secs[1]:.0f} s (data, loading, scoring and timing; "
-            "not the interpreter's start)" if None not in secs else "")
-    timed = f"{'; they' if took else ' They'} timed {rounds[0]} and {rounds[1]} rounds" if all(rounds) else ""
-    return took + timed + ("." if took or timed else "")
+def durations(cmp: dict) -> str:
+    """How long each bench took and how many rounds it timed, where its results.json says so
+    ("?" where it does not: older results.json files have no bench_seconds); a --repeat-check
+    bench's seconds and rounds cover both its passes."""
+    secs, rounds, passes = cmp.get("bench_seconds") or [None, None], cmp.get("rounds") or [0, 0], cmp.get("passes") or [1, 1]
+    said = []
+    if any(s is not None for s in secs):
+        said.append("took " + " and ".join("?" if s is None else f"{s:.0f} s" for s in secs)
+                    + " (data, loading, scoring and timing; not the interpreter's start)")
+    if any(rounds):
+        both = [n for n, p in zip(("the first", "the second"), passes) if p == 2]
+        said.append("timed " + " and ".join(str(r or "?") for r in rounds) + " rounds" + (
+            f" ({' and '.join(both)} over {'its' if len(both) == 1 else 'their'} two --repeat-check passes)"
+            if both else ""))
+    return "The benches " + "; they ".join(said) + "." if said else ""
 
 
 def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
@@ -334,7 +343,7 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
     flags = " / ".join(sorted(set(f or "?" for f in cmp["cpu_flags"])))
     parts = ["# Two benches compared",
              f"`{names[0]}` ({cmp['dates'][0]}) against `{names[1]}` ({cmp['dates'][1]}); CPU flags: `{flags}`. "
-             "Rendered by `vggtool compare` from the two results.json." + _durations(cmp),
+             "Rendered by `vggtool compare` from the two results.json." + (" " + durations(cmp) if durations(cmp) else ""),
              f"Largest difference between the two benches' speed-ups: **{100 * cmp['batch_speedup_max_rel_diff']:.1f}% "
              f"(batch)**, **{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)**, relative to the pair's mean. "
              "A pair whose 95% intervals do not overlap is marked \"intervals apart\".",
