@@ -48,8 +48,8 @@ class BenchSettings:
     repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
     accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
     # seconds idle before each variant's turn, so no thread pool still spins from the last: after 0.02 s an ONNX
-    # Runtime session's spinning pool still slowed the next variant's first calls (onnx-int8 after onnx-fp32 up to
-    # 65%, so 0.03 s blocks put it at 3.0x and 0.3 s blocks at 4.2x); from 0.04 s its calls were flat
+    # Runtime session's spinning pool still slowed the next variant's first calls, so onnx-int8's speed-up depended
+    # on the block length (quick profile: 3.0x with 0.03 s blocks, 4.2x with 0.3 s; with 0.05 s idle 3.95x)
     idle_gap: float = 0.05
     time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
     loads: int = 1  # each pass's rounds in this many parts, every variant loaded afresh (and warmed) for each part

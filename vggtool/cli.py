@@ -675,8 +675,9 @@ def compare_cmd(first, second, write_to):
     console.print(t)
     console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
                   f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
-    if durations(cmp):
-        console.print(durations(cmp))
+    took = durations(cmp)
+    if took:
+        console.print(took)
     if cmp["settings_differ"]:
         console.print("the two benches differ in " + ", ".join(cmp["settings_differ"]) + ": not only noise")
     if write_to:

@@ -320,7 +320,7 @@ def durations(cmp: dict) -> str:
     """How long each bench took and how many rounds it timed, where its results.json says so
     ("?" where it does not: older results.json files have no bench_seconds); a --repeat-check
     bench's seconds and rounds cover both its passes."""
-    secs, rounds, passes = cmp.get("bench_seconds") or [None, None], cmp.get("rounds") or [0, 0], cmp.get("passes") or [1, 1]
+    secs, rounds, passes = cmp["bench_seconds"], cmp["rounds"], cmp["passes"]
     said = []
     if any(s is not None for s in secs):
         said.append("took " + " and ".join("?" if s is None else f"{s:.0f} s" for s in secs)
@@ -335,6 +335,7 @@ def durations(cmp: dict) -> str:
 
 def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
     """`vggtool compare` as markdown: every figure in it comes from the two results.json."""
+    took = durations(cmp)
     def cell(v, k):
         text = f"{v[k + '_speedup'][0]:.2f}x / {v[k + '_speedup'][1]:.2f}x ({100 * moved(v[k + '_speedup']):.1f}%)"
         return text + (", intervals apart" if v.get(k + "_overlap") is False else "")
@@ -343,7 +344,7 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
     flags = " / ".join(sorted(set(f or "?" for f in cmp["cpu_flags"])))
     parts = ["# Two benches compared",
              f"`{names[0]}` ({cmp['dates'][0]}) against `{names[1]}` ({cmp['dates'][1]}); CPU flags: `{flags}`. "
-             "Rendered by `vggtool compare` from the two results.json." + (" " + durations(cmp) if durations(cmp) else ""),
+             "Rendered by `vggtool compare` from the two results.json." + (" " + took if took else ""),
              f"Largest difference between the two benches' speed-ups: **{100 * cmp['batch_speedup_max_rel_diff']:.1f}% "
              f"(batch)**, **{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)**, relative to the pair's mean. "
              "A pair whose 95% intervals do not overlap is marked \"intervals apart\".",
