@@ -294,9 +294,24 @@ def test_bench_bad_input(trained_run, home, tmp_path):
     one_line_error(invoke("bench", "--run-dir", str(empty), ok=False), "no variants to measure")
 
 
-def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_path):
+def test_an_idle_gap_goes_only_where_onnx_runtime_meets_another_variant():
+    # round robin: the last variant's turn precedes the first's
+    assert bench.idle_gaps([False, True, False, False], 0.05) == [0.0, 0.05, 0.05, 0.0]
+    assert bench.idle_gaps([True, True, False], 0.1) == [0.1, 0.1, 0.1]
+    assert bench.idle_gaps([False, False], 0.05) == [0.0, 0.0] and bench.idle_gaps([True], 0.05) == [0.05]
+
+
+def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_path, monkeypatch):
     trained_run = own_run
     from vggtool.compress import REGISTRY
+
+    gaps, real = [], bench.batch_timing
+
+    def recording(*args, gap=0.0, **kwargs):
+        gaps.append(gap)
+        return real(*args, gap=gap, **kwargs)
+
+    monkeypatch.setattr(bench, "batch_timing", recording)
 
     invoke("compress", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
            "--variant", "onnx-fp32")
@@ -321,6 +336,9 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
         assert rows[name]["images_timed"] >= 16 and rows[name]["images_timed"] == pytest.approx(
             16 * rows[name]["calls_timed"], abs=8)
     assert rows["baseline"]["batch_speedup"] == pytest.approx(1.0)
+    # in turn baseline, static-int8-fused, onnx-fp32 (then baseline again): idle only next to ONNX Runtime
+    assert [r["variant"] for r in results["rows"]][:3] == ["baseline", "static-int8-fused", "onnx-fp32"]
+    assert gaps == [0.05, 0.0, 0.05] * 6 and results["settings"]["idle_gap"] == 0.05
     spread = results["repeat_check"]
     assert set(spread["variants"]) == {"baseline", "static-int8-fused", "onnx-fp32"}
     assert spread["batch_speedup_max_rel_diff"] >= 0 and "## Run-to-run spread" in (tmp_path / "REPORT.md").read_text()
@@ -330,6 +348,7 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     report_text = (tmp_path / "REPORT.md").read_text()
     assert "Post-Training Static Fuse" in report_text and "(95% interval)" in report_text
     assert "paired bootstrap interval over the rounds" in report_text
+    assert "0.05 s idle before each ONNX Runtime variant's turn and the turn after it" in report_text
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}
@@ -372,6 +391,9 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
         row.update(batch_speedup_lo=mid * 0.99, batch_speedup_hi=mid * 1.01)
     moved_results["environment"]["bench_seconds"] = 512.3
     for row in moved_results["rows"]:
+        if row["variant"] == "baseline":  # the machine ran slower: 4.41 -> 4.9 ms per image, b1 18.2 ms unchanged
+            row["batch_ms"] = 4.9
+    for row in moved_results["rows"]:
         row["rounds"] = row["rounds"] and 5
     for folder, content in ((first, results), (second, moved_results)):
         folder.mkdir()
@@ -390,6 +412,10 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     assert "The benches took ? and 512 s (data, loading, scoring and timing; not the interpreter's start); they " \
            "timed 3 and 5 rounds." in text
     assert "The benches took ? and 512 s" in out
+    assert cmp["baseline_ms"] == {"batch": [4.41, 4.9], "b1": [18.2, 18.2]}
+    drift = "The baseline's own time moved 10.5% in batches (4.410 / 4.900 ms per image) and 0.0% at batch 1 " \
+            "(18.200 / 18.200 ms)"
+    assert drift in text and drift in " ".join(out.split())
     results["environment"]["bench_seconds"] = 498.0
     (first / "results.json").write_text(json.dumps(results))
     invoke("compare", str(first), str(second), "--write", str(tmp_path / "SPREAD.md"))
@@ -397,6 +423,8 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     quiet = report.compare(report.load_results(first), report.load_results(second))  # neither time nor rounds
     quiet.update(bench_seconds=[None, None], rounds=[0, 0])
     assert report.durations(quiet) == "" and "The benches" not in report.render_comparison(quiet, ("a", "b"))
+    quiet["baseline_ms"] = None  # no baseline in one of them: nothing said about it
+    assert report.baseline_moved(quiet) == "" and "baseline's own" not in report.render_comparison(quiet, ("a", "b"))
     assert report.durations({**quiet, "rounds": [3, 6], "passes": [1, 2]}) == \
         "The benches timed 3 and 6 rounds (the second over its two --repeat-check passes)."
     out_md = tmp_path / "never.md"

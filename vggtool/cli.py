@@ -532,8 +532,9 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Test images scored for error: the first of every class, rounded down to a multiple of the "
                    "class count [all; --quick: 2000].")
 @click.option("--idle-gap", type=FINITE, default=0.05, show_default=True,
-              help="Seconds idle before each variant's turn, so neither torch's nor ONNX Runtime's threads still "
-                   "spin from the previous variant (an ONNX Runtime pool still spun after 0.02 s).")
+              help="Seconds idle before each ONNX Runtime variant's turn and the turn after it, so no thread "
+                   "pool still spins from the previous variant (an ONNX Runtime pool still spun after 0.02 s). "
+                   "None between two torch variants: they share one pool.")
 @click.option("--quick", is_flag=True,
               help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
@@ -549,8 +550,9 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions, in many
-    short interleaved rounds (round robin, an idle gap before each variant's
-    turn), as many as --time-budget allows (at least --rounds).
+    short interleaved rounds (round robin, idle a moment wherever ONNX
+    Runtime meets another variant), as many as --time-budget allows (at
+    least --rounds).
     Each ms figure is the median over every timed call (--protocol report:
     over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the
@@ -656,7 +658,7 @@ def compare_cmd(first, second, write_to):
     from rich.table import Table
 
     from vggtool.files import write_text
-    from vggtool.report import compare, durations, load_results, moved, render_comparison
+    from vggtool.report import baseline_moved, compare, durations, load_results, moved, render_comparison
 
     if write_to is not None and write_to.name == "results.json":
         raise VggtoolError(f"--write {write_to}: refusing to write markdown over a results.json; name it e.g. SPREAD.md")
@@ -675,9 +677,9 @@ def compare_cmd(first, second, write_to):
     console.print(t)
     console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
                   f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
-    took = durations(cmp)
-    if took:
-        console.print(took)
+    for said in (durations(cmp), baseline_moved(cmp)):
+        if said:
+            console.print(said)
     if cmp["settings_differ"]:
         console.print("the two benches differ in " + ", ".join(cmp["settings_differ"]) + ": not only noise")
     if write_to:

@@ -242,7 +242,8 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
         rounds = f"median of {settings['rounds']} interleaved rounds"
     else:
         center = "median" if settings.get("protocol") == "report" else "median over every call"
-        where = "each variant's turn" if "time_budget" in settings else "each block"
+        # where the bench idled: recorded since it idles only next to ONNX Runtime; before every turn until then
+        where = settings.get("idle_gap_before") or ("each variant's turn" if "time_budget" in settings else "each block")
         budget = (f" (as many as a {settings['time_budget']:g} s budget allowed, at least {settings['rounds']})"
                   if settings.get("time_budget") else "")
         loads = (f"; every variant loaded afresh for each of {settings['loads']} parts of a pass"
@@ -310,10 +311,31 @@ def compare(first: dict, second: dict) -> dict:
            "bench_seconds": [first["environment"].get("bench_seconds"), second["environment"].get("bench_seconds")],
            "rounds": [max((r.get("rounds") or 0 for r in _rows(x)), default=0) for x in (first, second)],
            "passes": [2 if x.get("repeat_check") else 1 for x in (first, second)],
+           "baseline_ms": _baseline_ms(a.get("baseline"), b.get("baseline")),
            "skipped": sorted(set(a) ^ set(b)),
            "settings_differ": [k for k in ("batch_size", "protocol", "threads", "cpus", "engine", "latency_images")
                                if first["settings"].get(k) != second["settings"].get(k)]}
     return out
+
+
+def _baseline_ms(x: dict | None, y: dict | None) -> dict | None:
+    """The baseline's own ms in both benches (batch, batch 1), where both measured it."""
+    if x is None or y is None:
+        return None
+    ms = {k: [x.get(f), y.get(f)] for k, f in (("batch", "batch_ms"), ("b1", "b1_ms_median"))}
+    return ms if None not in ms["batch"] + ms["b1"] else None
+
+
+def baseline_moved(cmp: dict) -> str:
+    """How far the baseline's own time moved between the benches: the machine's speed, which
+    a speed-up cancels only where it changed both of its variants' times alike."""
+    ms = cmp.get("baseline_ms")
+    if not ms:
+        return ""
+    return (f"The baseline's own time moved {100 * moved(ms['batch']):.1f}% in batches ({ms['batch'][0]:.3f} / "
+            f"{ms['batch'][1]:.3f} ms per image) and {100 * moved(ms['b1']):.1f}% at batch 1 ({ms['b1'][0]:.3f} / "
+            f"{ms['b1'][1]:.3f} ms): a change in the machine's speed, which a speed-up cancels only where it changed both "
+            "variants' times alike.")
 
 
 def durations(cmp: dict) -> str:
@@ -335,7 +357,8 @@ def durations(cmp: dict) -> str:
 
 def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
     """`vggtool compare` as markdown: every figure in it comes from the two results.json."""
-    took = durations(cmp)
+    took, drift = durations(cmp), baseline_moved(cmp)
+
     def cell(v, k):
         text = f"{v[k + '_speedup'][0]:.2f}x / {v[k + '_speedup'][1]:.2f}x ({100 * moved(v[k + '_speedup']):.1f}%)"
         return text + (", intervals apart" if v.get(k + "_overlap") is False else "")
@@ -347,7 +370,7 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
              "Rendered by `vggtool compare` from the two results.json." + (" " + took if took else ""),
              f"Largest difference between the two benches' speed-ups: **{100 * cmp['batch_speedup_max_rel_diff']:.1f}% "
              f"(batch)**, **{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)**, relative to the pair's mean. "
-             "A pair whose 95% intervals do not overlap is marked \"intervals apart\".",
+             "A pair whose 95% intervals do not overlap is marked \"intervals apart\"." + (" " + drift if drift else ""),
              _md_table(["Variant", "Speed-up batch, first / second (moved)", "Speed-up b1, first / second (moved)"],
                        rows, ["-", ":-:", ":-:"])]
     if cmp["settings_differ"]:
