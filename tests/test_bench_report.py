@@ -294,24 +294,9 @@ def test_bench_bad_input(trained_run, home, tmp_path):
     one_line_error(invoke("bench", "--run-dir", str(empty), ok=False), "no variants to measure")
 
 
-def test_an_idle_gap_goes_only_where_onnx_runtime_meets_another_variant():
-    # round robin: the last variant's turn precedes the first's
-    assert bench.idle_gaps([False, True, False, False], 0.05) == [0.0, 0.05, 0.05, 0.0]
-    assert bench.idle_gaps([True, True, False], 0.1) == [0.1, 0.1, 0.1]
-    assert bench.idle_gaps([False, False], 0.05) == [0.0, 0.0] and bench.idle_gaps([True], 0.05) == [0.05]
-
-
-def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_path, monkeypatch):
+def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_path):
     trained_run = own_run
     from vggtool.compress import REGISTRY
-
-    gaps, real = [], bench.batch_timing
-
-    def recording(*args, gap=0.0, **kwargs):
-        gaps.append(gap)
-        return real(*args, gap=gap, **kwargs)
-
-    monkeypatch.setattr(bench, "batch_timing", recording)
 
     invoke("compress", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
            "--variant", "onnx-fp32")
@@ -336,9 +321,6 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
         assert rows[name]["images_timed"] >= 16 and rows[name]["images_timed"] == pytest.approx(
             16 * rows[name]["calls_timed"], abs=8)
     assert rows["baseline"]["batch_speedup"] == pytest.approx(1.0)
-    # in turn baseline, static-int8-fused, onnx-fp32 (then baseline again): idle only next to ONNX Runtime
-    assert [r["variant"] for r in results["rows"]][:3] == ["baseline", "static-int8-fused", "onnx-fp32"]
-    assert gaps == [0.05, 0.0, 0.05] * 6 and results["settings"]["idle_gap"] == 0.05
     spread = results["repeat_check"]
     assert set(spread["variants"]) == {"baseline", "static-int8-fused", "onnx-fp32"}
     assert spread["batch_speedup_max_rel_diff"] >= 0 and "## Run-to-run spread" in (tmp_path / "REPORT.md").read_text()
@@ -348,7 +330,6 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     report_text = (tmp_path / "REPORT.md").read_text()
     assert "Post-Training Static Fuse" in report_text and "(95% interval)" in report_text
     assert "paired bootstrap interval over the rounds" in report_text
-    assert "0.05 s idle before each ONNX Runtime variant's turn and the turn after it" in report_text
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}

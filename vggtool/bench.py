@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vggtool.compress import Output, Variant, load_variant, versions
+from vggtool.compress import Variant, load_variant, versions
 from vggtool.cpu import cpu_info
 from vggtool.data import Split, batches
 from vggtool.errors import VggtoolError
@@ -177,19 +177,6 @@ class Timing:
 def _idle(gap: float) -> None:
     if gap > 0:
         time.sleep(gap)
-
-
-IDLE_GAP_BEFORE = "each ONNX Runtime variant's turn and the turn after it"
-
-
-def idle_gaps(on_onnxruntime: list[bool], gap: float) -> list[float]:
-    """Seconds idle before each variant's turn in a round robin over variants (in this
-    order, the last one's turn preceding the first's): `gap` where this variant or the one
-    timed before it runs on ONNX Runtime, whose session pool goes on spinning after its
-    calls (found still spinning 0.02 s on); none between two torch variants, which share
-    one thread pool."""
-    n = len(on_onnxruntime)
-    return [gap if on_onnxruntime[i] or on_onnxruntime[i - 1] else 0.0 for i in range(n)]
 
 
 def batch_timing(predict: Predict, prepared: list, warmup: int, min_time: float = 0.0,
@@ -433,9 +420,6 @@ def bench(
         step += 1
     measured = []
     cursor = {e.name: [0, 0] for e in live}  # each block goes on where the variant's last one stopped
-    # warm-up and every reload run in this order too, so the variant before each turn is always the previous one
-    gaps = dict(zip((e.name for e in live), idle_gaps([e.variant.recipe.output is Output.ONNX for e in live],
-                                                              settings.idle_gap)))
 
     def rotated(items: list, name: str, which: int) -> list:
         at = cursor[name][which] % len(items)
@@ -452,7 +436,7 @@ def bench(
                 label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
                 progress(f"timing {label}round {r + 1}/{planned}: {e.name}")
                 batch = batch_timing(e.variant.predict, rotated(timed, e.name, 0) if min_time > 0 else timed, 1,
-                                     min_time, gap=gaps[e.name])
+                                     min_time, gap=settings.idle_gap)
                 # no idle gap here: the same variant just ran, so no other library's threads still spin
                 single = batch1_times(e.variant.predict, rotated(singles, e.name, 1), 1, settings.single_calls,
                                       min_time)
@@ -493,8 +477,7 @@ def bench(
     progress("done")
     env = {**environment(settings), "peak_rss_mb": _peak_rss_mb()}
     results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus),
-                                                "estimator": estimator(settings.protocol),
-                                                "idle_gap_before": IDLE_GAP_BEFORE},
+                                                "estimator": estimator(settings.protocol)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
         found = {e.name: e.variant.meta["figures"][scan] for e in entries

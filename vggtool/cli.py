@@ -532,9 +532,8 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Test images scored for error: the first of every class, rounded down to a multiple of the "
                    "class count [all; --quick: 2000].")
 @click.option("--idle-gap", type=FINITE, default=0.05, show_default=True,
-              help="Seconds idle before each ONNX Runtime variant's turn and the turn after it, so no thread "
-                   "pool still spins from the previous variant (an ONNX Runtime pool still spun after 0.02 s). "
-                   "None between two torch variants: they share one pool.")
+              help="Seconds idle before each variant's turn, so neither torch's nor ONNX Runtime's threads still "
+                   "spin from the previous variant (an ONNX Runtime pool still spun after 0.02 s).")
 @click.option("--quick", is_flag=True,
               help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
@@ -550,9 +549,8 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
     All variants run in one process under one set of conditions, in many
-    short interleaved rounds (round robin, idle a moment wherever ONNX
-    Runtime meets another variant), as many as --time-budget allows (at
-    least --rounds).
+    short interleaved rounds (round robin, an idle gap before each variant's
+    turn), as many as --time-budget allows (at least --rounds).
     Each ms figure is the median over every timed call (--protocol report:
     over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the

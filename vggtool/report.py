@@ -242,8 +242,7 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
         rounds = f"median of {settings['rounds']} interleaved rounds"
     else:
         center = "median" if settings.get("protocol") == "report" else "median over every call"
-        # where the bench idled: recorded since it idles only next to ONNX Runtime; before every turn until then
-        where = settings.get("idle_gap_before") or ("each variant's turn" if "time_budget" in settings else "each block")
+        where = "each variant's turn" if "time_budget" in settings else "each block"
         budget = (f" (as many as a {settings['time_budget']:g} s budget allowed, at least {settings['rounds']})"
                   if settings.get("time_budget") else "")
         loads = (f"; every variant loaded afresh for each of {settings['loads']} parts of a pass"
@@ -334,8 +333,8 @@ def baseline_moved(cmp: dict) -> str:
         return ""
     return (f"The baseline's own time moved {100 * moved(ms['batch']):.1f}% in batches ({ms['batch'][0]:.3f} / "
             f"{ms['batch'][1]:.3f} ms per image) and {100 * moved(ms['b1']):.1f}% at batch 1 ({ms['b1'][0]:.3f} / "
-            f"{ms['b1'][1]:.3f} ms): a change in the machine's speed, which a speed-up cancels only where it changed both "
-            "variants' times alike.")
+            f"{ms['b1'][1]:.3f} ms): a change in the machine's speed, which a speed-up cancels only where it changed "
+            "both variants' times alike.")
 
 
 def durations(cmp: dict) -> str:
