@@ -171,6 +171,30 @@ def test_timing_counts_only_time_inside_predict():
     assert times == pytest.approx([3.0] * 5)
 
 
+def test_results_name_the_commit_and_say_when_the_code_was_modified(tmp_path):
+    import re
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert bench.git_commit(repo) == "unknown"  # not a checkout (tmp_path lies outside any repository)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (repo / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    clean = bench.git_commit(repo)
+    assert re.fullmatch(r"[0-9a-f]{7,}", clean)
+    (repo / "notes.txt").write_text("untracked files do not change what ran\n")
+    assert bench.git_commit(repo) == clean
+    (repo / "code.py").write_text("x = 2\n")
+    assert bench.git_commit(repo) == clean + "-dirty"
+
+
 def test_cpu_list_parsing():
     import os
 

@@ -98,11 +98,19 @@ def apply_settings(settings: BenchSettings) -> None:
     use_engine(settings.engine)
 
 
-def git_commit() -> str:
+def git_commit(where: Path | None = None) -> str:
+    """The commit of vggtool's checkout (of `where`), with "-dirty" when a tracked file differs
+    from it: a figure measured with modified code says so. "unknown" outside a git checkout."""
+    where = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=where).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        if not commit:
+            return "unknown"
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
