@@ -326,15 +326,16 @@ def _baseline_ms(x: dict | None, y: dict | None) -> dict | None:
 
 
 def baseline_moved(cmp: dict) -> str:
-    """How far the baseline's own time moved between the benches: the machine's speed, which
-    a speed-up cancels only where it changed both of its variants' times alike."""
+    """How far the baseline's own time moved between the benches (the machine's speed, or state
+    the process kept: the move alone does not say which); a speed-up cancels such a move only
+    where it changed both of its variants' times alike."""
     ms = cmp.get("baseline_ms")
     if not ms:
         return ""
     return (f"The baseline's own time moved {100 * moved(ms['batch']):.1f}% in batches ({ms['batch'][0]:.3f} / "
             f"{ms['batch'][1]:.3f} ms per image) and {100 * moved(ms['b1']):.1f}% at batch 1 ({ms['b1'][0]:.3f} / "
-            f"{ms['b1'][1]:.3f} ms): a change in the machine's speed, which a speed-up cancels only where it changed "
-            "both variants' times alike.")
+            f"{ms['b1'][1]:.3f} ms); a speed-up cancels such a move only where it changed both variants' times "
+            "alike.")
 
 
 def durations(cmp: dict) -> str:
