@@ -113,6 +113,31 @@ def test_speedup_intervals_cover_the_true_ratio_under_noise_and_drift():
     assert covered >= 34  # measured 36 of 40: a percentile bootstrap of a median covers a little under 95%
 
 
+def test_intervals_over_parts_cover_a_ratio_that_moves_between_processes():
+    # each part (a fresh process) runs the candidate at its own speed, 5% apart on average, while the rounds within
+    # a part agree to 2%: the truth is the ratio over all processes, which one bench's six parts only sample
+    import random
+
+    covered = {"rounds": 0, "parts": 0}
+    for seed in range(30):
+        rng = random.Random(seed)
+        ref, cand, groups = [], [], []
+        for part in range(6):
+            offset = rng.gauss(1, 0.05)
+            for _ in range(8):
+                ref.append([10 * rng.uniform(0.98, 1.02) for _ in range(3)])
+                cand.append([5 * offset * rng.uniform(0.98, 1.02) for _ in range(3)])
+                groups.append(part)
+        _, lo, hi = bench.bootstrap_ratio(ref, cand, resamples=300, seed=seed)
+        covered["rounds"] += lo <= 2.0 <= hi
+        mid, lo, hi = bench.bootstrap_ratio(ref, cand, resamples=300, seed=seed, groups=groups)
+        covered["parts"] += lo <= 2.0 <= hi
+        assert lo <= mid <= hi
+    # measured 11 and 25 of 30: resampling only rounds treats one bench's processes as the only ones there are
+    assert covered["rounds"] <= 17 and covered["parts"] >= 22
+    assert bench.bootstrap_ratio(ref, cand, groups=[0] * len(ref)) == bench.bootstrap_ratio(ref, cand)  # one part
+
+
 def test_repeat_check_reports_the_injected_difference():
     def timings(ms):
         return [bench.Timing((ms,), 16, ms / 1000 * 16)] * 3
@@ -139,7 +164,7 @@ def test_bench_adds_rounds_while_the_time_budget_lasts(own_run, home, tmp_path):
     started = time.perf_counter()
     invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--rounds", "2", "--time-budget", "2",
            "--min-time", "0.01", "--idle-gap", "0", "--warmup", "1", "--threads", "1", "--accuracy-images", "20",
-           "--repeat-check", "--results-dir", str(tmp_path))
+           "--repeat-check", "--same-process", "--results-dir", str(tmp_path))  # a fresh process takes seconds to start
     took = time.perf_counter() - started
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]
@@ -353,7 +378,9 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     assert results["environment"]["torch"] == torch.__version__
     report_text = (tmp_path / "REPORT.md").read_text()
     assert "Post-Training Static Fuse" in report_text and "(95% interval)" in report_text
-    assert "paired bootstrap interval over the rounds" in report_text
+    assert "paired bootstrap interval over the parts, then the rounds within each part" in report_text
+    assert results["environment"]["timing_processes"] == 2 * 3  # each of the 3 parts of both passes in its own
+    assert "3 parts of a pass, each part timed in a fresh process" in report_text
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}
@@ -465,13 +492,16 @@ def test_each_part_of_a_pass_loads_every_variant_afresh(own_run, home, tmp_path,
         loaded.append(Path(folder).name)
         return real(folder, threads)
 
-    monkeypatch.setattr(bench, "load_variant", counting)
+    monkeypatch.setattr(bench, "load_variant", counting)  # seen in this process only: --same-process
     invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", "static-int8-fused", "--rounds",
            "6", "--time-budget", "0", "--loads", "3", "--min-time", "0.01", "--warmup", "1", "--threads", "1",
-           "--accuracy-images", "20", "--repeat-check", "--results-dir", str(tmp_path))
-    # once at the start, then afresh before parts 2 and 3 of each pass and before the second pass
-    assert loaded.count("baseline") == loaded.count("static-int8-fused") == 1 + 2 + 1 + 2
+           "--accuracy-images", "20", "--repeat-check", "--same-process", "--results-dir", str(tmp_path))
+    # once to score accuracy, then afresh for each of the 3 parts of both passes
+    assert loaded.count("baseline") == loaded.count("static-int8-fused") == 1 + 3 + 3
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["settings"]["loads"] == 3 and {r["rounds"] for r in results["rows"]} == {12}
-    assert "every variant loaded afresh for each of 3 parts of a pass" in (tmp_path / "REPORT.md").read_text()
+    assert results["environment"]["timing_processes"] == 0  # all timed here
+    report_text = (tmp_path / "REPORT.md").read_text()
+    assert "every variant loaded afresh for each of 3 parts of a pass)" in report_text
+    assert "fresh process" not in report_text
     one_line_error(invoke("bench", "--run-dir", str(own_run), "--loads", "0", ok=False), "loads must be positive")

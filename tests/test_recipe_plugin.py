@@ -1,5 +1,5 @@
 """A recipe defined in this file and nowhere else is built by `compress --variant`,
-reloaded in a fresh process, benched and rendered: no CLI, bench, report or loader
+reloaded in a fresh process, benched (in fresh timing processes) and rendered: no CLI, bench, report or loader
 edit is needed. The fresh process finds it the way an installed plugin is found,
 through the `vggtool.recipes` entry-point group."""
 
@@ -105,9 +105,12 @@ def test_a_recipe_from_one_file_is_built_reloaded_benched_and_rendered(registere
     chain = json.loads((own_run / "variants" / f"{name}+dynamic-int8" / "meta.json").read_text())["chain"]
     assert [step["name"] for step in chain] == ["checkpoint", name]
 
-    invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", name, "--quick", "--rounds", "1",
-           "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3",
-           "--results-dir", str(tmp_path / "results"))
+    # bench times in fresh processes, which start with this one's sys.path: the plugin installed on it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(plugin_path.split(os.pathsep)[0])
+        invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", name, "--quick", "--rounds",
+               "1", "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3",
+               "--results-dir", str(tmp_path / "results"))
     rows = {r["variant"]: r for r in json.loads((tmp_path / "results" / "results.json").read_text())["rows"]}
     assert rows[name]["status"] == "ok" and rows[name]["method"] == "Throwaway scaled head"
     # scaling logits changes no ranking: the same errors as the baseline

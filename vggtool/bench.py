@@ -1,5 +1,7 @@
-"""Benchmark: every variant of a run measured in one process, under one set of
-conditions, with repeats interleaved round robin so drift hits all alike.
+"""Benchmark: every variant of a run measured under one set of conditions, with
+repeats interleaved round robin so drift hits all alike, in parts that each load
+every variant afresh in a fresh process (a Timer), so state a process keeps is
+averaged over parts and the intervals, which resample parts first, include it.
 
 Two latency figures per variant: the report's protocol (the test split in
 batches of `batch_size`, 16 in the report; time inside the model call summed,
@@ -53,6 +55,7 @@ class BenchSettings:
     idle_gap: float = 0.05
     time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
     loads: int = 1  # each pass's rounds in this many parts, every variant loaded afresh (and warmed) for each part
+    fresh_process: bool = True  # each part timed in a fresh process of its own (False: in this one)
 
     def __post_init__(self):
         for name in ("batch_size", "rounds", "single_calls", "loads"):
@@ -116,7 +119,7 @@ def git_commit(where: Path | None = None) -> str:
 
 
 def _peak_rss_mb() -> float:
-    """The largest resident memory this process (which holds every variant in turn) has used."""
+    """The largest resident memory this process has used (a timing process: all its part's variants)."""
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
@@ -254,15 +257,28 @@ def speedup(reference: list[list[float]], candidate: list[list[float]]) -> float
 
 
 def _bootstrap(stat: Callable[[list[int]], float], n: int, resamples: int = BOOTSTRAP,
-               confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float | None, float | None]:
+               confidence: float = CONFIDENCE, seed: int = 0,
+               groups: list[int] | None = None) -> tuple[float | None, float | None]:
     """Percentile interval of `stat` over rounds resampled with replacement (fixed seed);
-    (None, None) below MIN_INTERVAL_ROUNDS rounds."""
+    (None, None) below MIN_INTERVAL_ROUNDS rounds. With `groups` (the part of each round)
+    naming two parts or more, the resampling is two-stage: parts with replacement, then
+    rounds within each part drawn, so the interval holds the spread between parts too."""
     import numpy as np
 
     if n < MIN_INTERVAL_ROUNDS:
         return None, None
     rng = np.random.default_rng(seed)
-    values = [stat(list(rng.integers(0, n, n))) for _ in range(resamples)]
+    members = [np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)] if groups else []
+    if len(members) < 2:
+        members = [np.arange(n)]
+
+    def pick() -> list[int]:
+        if len(members) == 1:
+            return list(rng.integers(0, n, n))
+        drawn = [members[i] for i in rng.integers(0, len(members), len(members))]
+        return [int(j) for rounds in drawn for j in rng.choice(rounds, len(rounds))]
+
+    values = [stat(pick()) for _ in range(resamples)]
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(values, [tail, 1 - tail])
     return float(lo), float(hi)
@@ -275,27 +291,29 @@ def _median_of(rounds: list, pick: list[int]) -> float:
 
 
 def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], resamples: int = BOOTSTRAP,
-                    confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float | None, float | None]:
+                    confidence: float = CONFIDENCE, seed: int = 0,
+                    groups: list[int] | None = None) -> tuple[float, float | None, float | None]:
     """Speed-up pooled_median(reference) / pooled_median(candidate) with a paired
     bootstrap interval: rounds are resampled together for both sides (round r of each
-    was measured side by side, so drift between rounds stays paired)."""
+    was measured side by side, so drift between rounds stays paired), parts first when
+    `groups` names the part of each round."""
     import numpy as np
 
     ref, cand = [np.asarray(r, dtype=float) for r in reference], [np.asarray(r, dtype=float) for r in candidate]
     mid = speedup(reference, candidate)
     lo, hi = _bootstrap(lambda pick: _median_of(ref, pick) / _median_of(cand, pick), len(ref), resamples,
-                        confidence, seed)
+                        confidence, seed, groups)
     return mid, lo, hi
 
 
 def bootstrap_center(rounds: list[list[float]], resamples: int = BOOTSTRAP, confidence: float = CONFIDENCE,
-                     seed: int = 0) -> tuple[float, float | None, float | None]:
-    """pooled_median(rounds) with its bootstrap interval over the rounds."""
+                     seed: int = 0, groups: list[int] | None = None) -> tuple[float, float | None, float | None]:
+    """pooled_median(rounds) with its bootstrap interval over the rounds (parts first, as bootstrap_ratio)."""
     import numpy as np
 
     arrays = [np.asarray(r, dtype=float) for r in rounds]
     mid = pooled_median(rounds)
-    lo, hi = _bootstrap(lambda pick: _median_of(arrays, pick), len(arrays), resamples, confidence, seed)
+    lo, hi = _bootstrap(lambda pick: _median_of(arrays, pick), len(arrays), resamples, confidence, seed, groups)
     return mid, lo, hi
 
 
@@ -334,6 +352,132 @@ class _Entry:
     name: str
     variant: Variant | None
     error: str | None = None
+    meta: dict | None = None
+
+
+def timing_inputs(latency: Split, batch_size: int, protocol: str) -> tuple[list, list[torch.Tensor]]:
+    """The batches a block cycles through (whole ones only under protocol time: a partial
+    last batch costs more per image) and the single images of batch-1 blocks."""
+    timed = prepare(latency, batch_size)
+    if protocol == "time" and len(timed) > 1 and len(timed[-1][0]) < batch_size:
+        timed = timed[:-1]
+    return timed, [x for x, _ in prepare(latency.subset(torch.arange(min(len(latency), 64))), 1)]
+
+
+def _rotated(items: list, at: int) -> list:
+    at %= len(items)
+    return items[at:] + items[:at]
+
+
+class Timer:
+    """Every variant of a part loaded afresh and warmed (until its call time settles) in this
+    process; `block` times one variant's turn of a round: its batch block, then its batch-1 block."""
+
+    def __init__(self, folders: dict[str, Path], latency: Split, settings: BenchSettings,
+                 on_load: Callable[[str], None] | None = None):
+        self.settings, self.variants = settings, {}
+        self.timed, self.singles = timing_inputs(latency, settings.batch_size, settings.protocol)
+        self.min_time = settings.min_time if settings.protocol == "time" else 0.0
+        for name, folder in folders.items():
+            if on_load:
+                on_load(name)
+            self.variants[name] = variant = load_variant(folder, settings.threads)
+            warm_up(variant.predict, [x for x, _ in self.timed], settings.warmup)
+            warm_up(variant.predict, self.singles, settings.warmup)
+        self.pid = os.getpid()
+
+    def block(self, name: str, at: tuple[int, int]) -> tuple[Timing, list[float]]:
+        """Each block goes on at `at` (batch, single image), where the variant's last one stopped."""
+        predict, s = self.variants[name].predict, self.settings
+        batch = batch_timing(predict, _rotated(self.timed, at[0]) if self.min_time > 0 else self.timed, 1,
+                             self.min_time, gap=s.idle_gap)
+        # no idle gap here: the same variant just ran, so no other library's threads still spin
+        return batch, batch1_times(predict, _rotated(self.singles, at[1]), 1, s.single_calls, self.min_time)
+
+    def close(self) -> float:
+        """Drops the variants (before the next part's copies are made); the peak RSS in MB."""
+        self.abandon()
+        return _peak_rss_mb()
+
+    def abandon(self) -> None:
+        self.variants.clear()
+        gc.collect()
+
+
+def _serve(conn, folders: dict[str, Path], latency: Split, settings: BenchSettings) -> None:
+    """A timing process: loads the part's variants, then times the blocks asked for, one at a
+    time; between them it waits, so the parent redraws only while nothing is timed."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
+    try:
+        apply_settings(settings)
+        timer = Timer(folders, latency, settings, lambda name: conn.send(("loading", name)))
+        conn.send(("ready", timer.pid))
+        while (request := conn.recv()) is not None:
+            conn.send(("timed", timer.block(*request)))
+        conn.send(("closed", timer.close()))
+    except (EOFError, BrokenPipeError):  # the parent is gone
+        return
+    except Exception as e:
+        try:
+            conn.send(("error", str(e) if isinstance(e, VggtoolError) else f"{type(e).__name__}: {e}"))
+        except OSError:
+            return
+
+
+class ProcessTimer:
+    """A Timer in a fresh spawned process (--loads parts each get their own): state a process
+    keeps across loads, such as its allocator's and thread pools', then differs between parts
+    and the interval over parts includes it. This process waits idle while a block is timed."""
+
+    def __init__(self, folders: dict[str, Path], latency: Split, settings: BenchSettings,
+                 on_load: Callable[[str], None] | None = None):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited but the pinning
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, folders, latency, settings), daemon=True,
+                                       name="vggtool-timing")
+        self.process.start()
+        child.close()
+        try:
+            while (reply := self._reply())[0] == "loading":
+                if on_load:
+                    on_load(reply[1])
+        except BaseException:
+            self.abandon()
+            raise
+        self.pid = reply[1]
+
+    def _reply(self) -> tuple:
+        try:
+            kind, value = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise VggtoolError(f"the timing process ended unexpectedly (exit code {self.process.exitcode})") from None
+        if kind == "error":
+            raise VggtoolError(f"in the timing process: {value}")
+        return kind, value
+
+    def block(self, name: str, at: tuple[int, int]) -> tuple[Timing, list[float]]:
+        self.conn.send((name, at))
+        return self._reply()[1]
+
+    def close(self) -> float:
+        """Ends the process once it has dropped its variants; its peak RSS in MB."""
+        self.conn.send(None)
+        peak = self._reply()[1]
+        self.process.join(10)
+        self.abandon()
+        return peak
+
+    def abandon(self) -> None:
+        """Ends the process now, whatever it is doing."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(10)
+        self.conn.close()
 
 
 def bench(
@@ -346,6 +490,8 @@ def bench(
 ) -> dict:
     """Measure every variant; returns {"environment", "settings", "rows"}.
 
+    Accuracy is scored here; timing runs in `settings.loads` parts per pass, each with every
+    variant loaded afresh, in a fresh process of its own (`fresh_process`) or in this one.
     `on_progress(message, step, steps)` follows the work (`step` is fractional while a
     variant is scored; during timing it is called only between blocks, never inside one,
     so a display that redraws only then cannot compete with the timed calls); `on_row(row)` is
@@ -365,10 +511,6 @@ def bench(
     latency_split = test.subset(torch.arange(min(len(test), settings.latency_images or len(test))))
     accuracy_split = balanced_subset(test, settings.accuracy_images)
     scored = prepare(accuracy_split, settings.batch_size)
-    timed = prepare(latency_split, settings.batch_size)
-    if settings.protocol == "time" and len(timed) > 1 and len(timed[-1][0]) < settings.batch_size:
-        timed = timed[:-1]  # a partial last batch costs more per image: time whole batches only
-    singles = [x for x, _ in prepare(latency_split.subset(torch.arange(min(len(latency_split), 64))), 1)]
     step, steps = 0, len(entries) * (2 + settings.rounds)  # steps shrinks once failures are known
 
     def progress(message: str, part: float = 0.0) -> None:
@@ -394,11 +536,14 @@ def bench(
                 acc = evaluate(e.variant.predict, scored, on_batch=scoring)
                 rows[e.name].update(top1_err=acc.top1_err, top5_err=acc.top5_err, images_accuracy=acc.images)
             except Exception as exc:
-                e.error, e.variant = f"{type(exc).__name__}: {exc}", None
+                e.error = f"{type(exc).__name__}: {exc}"
                 rows[e.name].update(status=f"failed: {e.error}")
+            e.meta, e.variant = e.variant.meta, None  # timing loads its own copies
+            gc.collect()
         step += 1
         changed(rows[e.name])
-    live = [e for e in entries if e.variant is not None]
+    live = [e for e in entries if e.meta is not None and e.error is None]
+    folders = {e.name: variant_dirs[e.name] for e in live}
     passes = 2 if settings.repeat_check else 1
     planned = settings.rounds  # the first pass adds rounds while its time budget lasts; later ones repeat its count
 
@@ -406,66 +551,56 @@ def bench(
         return len(entries) + len(live) + passes * planned * len(live)
 
     steps = total_steps()
-    min_time = settings.min_time if settings.protocol == "time" else 0.0
+    make = ProcessTimer if settings.fresh_process else Timer
+    pids, peaks = set(), [_peak_rss_mb()]
 
-    def warm(e: _Entry) -> None:  # until the call time settles; each block then starts with one untimed call
-        warm_up(e.variant.predict, [x for x, _ in timed], settings.warmup)
-        warm_up(e.variant.predict, singles, settings.warmup)
+    def start_part(label: str) -> Timer | ProcessTimer:
+        def loading(name: str) -> None:
+            progress(f"{label}: loading and warming {name}")
 
-    def reload() -> None:
-        """Every variant loaded afresh: a load's own memory placement (and ONNX Runtime session)
-        moved one variant's figures between processes beyond its interval; parts average it."""
-        for e in live:
-            progress(f"loading afresh: {e.name}")
-            e.variant = None  # the old copy goes before the new one is made
-            gc.collect()
-            e.variant = load_variant(variant_dirs[e.name], settings.threads)
-            warm(e)
+        timer = make(folders, latency_split, settings, loading)
+        pids.add(timer.pid)
+        return timer
 
-    for e in live:
-        progress(f"warm-up: {e.name}")
-        warm(e)
-        step += 1
-    measured = []
+    measured, groups = [], []  # groups: the part (and pass) of each round, which the bootstrap resamples first
     cursor = {e.name: [0, 0] for e in live}  # each block goes on where the variant's last one stopped
-
-    def rotated(items: list, name: str, which: int) -> list:
-        at = cursor[name][which] % len(items)
-        return items[at:] + items[:at]
-
     for p in range(passes):
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
-        if p > 0 and settings.loads > 1:
-            reload()  # a repeat starts on fresh copies too
-        started, r, part = time.perf_counter(), 0, 0
-        while r < planned:
-            for e in live:
-                label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
-                progress(f"timing {label}round {r + 1}/{planned}: {e.name}")
-                batch = batch_timing(e.variant.predict, rotated(timed, e.name, 0) if min_time > 0 else timed, 1,
-                                     min_time, gap=settings.idle_gap)
-                # no idle gap here: the same variant just ran, so no other library's threads still spin
-                single = batch1_times(e.variant.predict, rotated(singles, e.name, 1), 1, settings.single_calls,
-                                      min_time)
-                cursor[e.name][0] += batch.calls  # (the untimed call repeats the block's first input)
-                cursor[e.name][1] += len(single)
-                batched[e.name].append(batch)
-                b1[e.name].append(single)
-                step += 1
-            r += 1
-            if p == 0:
-                planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
-                steps = total_steps()
-            if load_part(part, r, planned, settings.loads) > part:
-                part = load_part(part, r, planned, settings.loads)
-                reload()  # the next part of this pass on fresh copies
+        label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
+        started, r, part = time.perf_counter(), 0, 0  # the budget covers the parts' loading too
+        timer = start_part(f"{label}part 1/{settings.loads}")
+        if p == 0:
+            step += len(live)
+        try:
+            while r < planned:
+                for e in live:
+                    progress(f"timing {label}round {r + 1}/{planned}: {e.name}")
+                    batch, single = timer.block(e.name, tuple(cursor[e.name]))
+                    cursor[e.name][0] += batch.calls  # (the untimed call repeats the block's first input)
+                    cursor[e.name][1] += len(single)
+                    batched[e.name].append(batch)
+                    b1[e.name].append(single)
+                    step += 1
+                groups.append(p * settings.loads + part)
+                r += 1
+                if p == 0:
+                    planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
+                    steps = total_steps()
+                if load_part(part, r, planned, settings.loads) > part:
+                    part = load_part(part, r, planned, settings.loads)
+                    peaks.append(timer.close())  # the old copies go before the new ones are made
+                    timer = start_part(f"{label}part {part + 1}/{settings.loads}")
+        except BaseException:  # Ctrl-C included: a timing process ends with this one
+            timer.abandon()
+            raise
+        peaks.append(timer.close())
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
     b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}
     for e in live:
         per_round = batch_rounds(batched[e.name], settings.protocol)
-        mid, lo, hi = bootstrap_center(per_round)
+        mid, lo, hi = bootstrap_center(per_round, groups=groups)
         centers = [statistics.median(r) for r in per_round]
         pooled = [t for round_times in b1[e.name] for t in round_times]
         rows[e.name].update(
@@ -479,28 +614,30 @@ def bench(
         )
         if baseline in batched:  # speed-ups from rounds measured side by side: drift hits both sides alike
             rows[e.name].update(_speedups(batch_rounds(batched[baseline], settings.protocol), per_round,
-                                          b1[baseline], b1[e.name]))
+                                          b1[baseline], b1[e.name], groups))
         changed(rows[e.name])
     spread = _repeat_spread(measured, baseline, settings.protocol) if passes > 1 and baseline in batched else None
     progress("done")
-    env = {**environment(settings), "peak_rss_mb": _peak_rss_mb()}
+    env = {**environment(settings), "peak_rss_mb": max(peaks),
+           "timing_processes": len(pids) if settings.fresh_process else 0}
     results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus),
-                                                "estimator": estimator(settings.protocol)},
+                                                "estimator": estimator(settings.protocol, settings.loads > 1)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
-        found = {e.name: e.variant.meta["figures"][scan] for e in entries
-                 if e.variant is not None and scan in e.variant.meta.get("figures", {})}
+        found = {e.name: e.meta["figures"][scan] for e in entries
+                 if e.meta is not None and scan in e.meta.get("figures", {})}
         if found:
             results[scan] = found
     return results
 
 
-def estimator(protocol: str) -> str:
+def estimator(protocol: str, parts: bool = False) -> str:
     """How the figures were drawn from the timed calls, in words for the report."""
     center = ("median over every timed call of every round" if protocol == "time" else
               "median of the per-round figures (each round's time summed over its images)")
+    over = "the parts, then the rounds within each part" if parts else "the rounds"
     return (f"{center}; speed-ups as ratios of those medians, with a {CONFIDENCE:.0%} paired bootstrap interval "
-            f"over the rounds ({BOOTSTRAP} resamples; none below {MIN_INTERVAL_ROUNDS} rounds)")
+            f"over {over} ({BOOTSTRAP} resamples; none below {MIN_INTERVAL_ROUNDS} rounds)")
 
 
 def batch_rounds(timings: list[Timing], protocol: str) -> list[list[float]]:
@@ -510,9 +647,9 @@ def batch_rounds(timings: list[Timing], protocol: str) -> list[list[float]]:
 
 
 def _speedups(base: list[list[float]], cand: list[list[float]], base1: list[list[float]],
-              cand1: list[list[float]]) -> dict:
-    mid, lo, hi = bootstrap_ratio(base, cand)
-    mid1, lo1, hi1 = bootstrap_ratio(base1, cand1)
+              cand1: list[list[float]], groups: list[int] | None = None) -> dict:
+    mid, lo, hi = bootstrap_ratio(base, cand, groups=groups)
+    mid1, lo1, hi1 = bootstrap_ratio(base1, cand1, groups=groups)
     return {"batch_speedup": mid, "batch_speedup_lo": lo, "batch_speedup_hi": hi,
             "b1_speedup": mid1, "b1_speedup_lo": lo1, "b1_speedup_hi": hi1}
 

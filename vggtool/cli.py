@@ -517,7 +517,12 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--loads", type=int, default=3, show_default=True,
               help="Split each pass's rounds into this many parts and load every variant afresh (then warm it) for "
                    "each: one load's memory placement can move a variant's figures beyond its interval, parts "
-                   "average that out. 1: load once.")
+                   "average that out, and the interval resamples parts first so it includes their spread. "
+                   "1: load once.")
+@click.option("--fresh-process/--same-process", default=True, show_default=True,
+              help="Time each part in a fresh process of its own, which loads and warms the variants while this "
+                   "one waits idle: a process keeps state across loads (two processes timing side by side "
+                   "differed as much as two benches), so only fresh processes average it.")
 @click.option("--warmup", type=int, default=30, show_default=True,
               help="Most untimed calls per variant before the rounds; warm-up stops once the call time settles "
                    "(within 5%). Each block then starts with one untimed call.")
@@ -543,18 +548,20 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
 @click.option("--resume", is_flag=True,
               help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
-def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, loads, warmup, protocol,
+def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, loads, fresh_process, warmup,
+              protocol,
               min_time, single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check, engine,
               results_dir, resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
-    All variants run in one process under one set of conditions, in many
-    short interleaved rounds (round robin, an idle gap before each variant's
-    turn), as many as --time-budget allows (at least --rounds).
-    Each ms figure is the median over every timed call (--protocol report:
-    over the rounds' summed figures); each speed-up the
+    All variants are timed side by side under one set of conditions, in
+    many short interleaved rounds (round robin, an idle gap before each
+    variant's turn), as many as --time-budget allows (at least --rounds),
+    split into --loads parts, each in a fresh process that loads and warms
+    every variant. Each ms figure is the median over every timed call
+    (--protocol report: over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the
-    rounds. Each block runs until it has covered --min-time; --protocol
+    parts and the rounds within them. Each block runs until it has covered --min-time; --protocol
     report times every test image once instead, as the report did. --quick
     times on 1000 images and scores error on a class-balanced 2000 (the
     report says which). --repeat-check measures twice and states the largest
@@ -583,7 +590,8 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
     if time_budget is None:
         time_budget = 300.0 if quick else 600.0
     settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget, loads)
+                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget, loads,
+                             fresh_process)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after

@@ -246,6 +246,7 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
         budget = (f" (as many as a {settings['time_budget']:g} s budget allowed, at least {settings['rounds']})"
                   if settings.get("time_budget") else "")
         loads = (f"; every variant loaded afresh for each of {settings['loads']} parts of a pass"
+                 + (", each part timed in a fresh process" if settings.get("fresh_process") else "")
                  if settings.get("loads", 1) > 1 else "")
         rounds = f"{center} of {pooled} interleaved rounds{budget}, {settings.get('idle_gap', 0):g} s idle before " \
                  f"{where}{loads}"
