@@ -435,7 +435,7 @@ class ProcessTimer:
                  on_load: Callable[[str], None] | None = None):
         import multiprocessing
 
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited but the pinning
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: only the environment and pinning carry over
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, folders, latency, settings), daemon=True,
                                        name="vggtool-timing")
@@ -624,8 +624,7 @@ def bench(
                                                 "estimator": estimator(settings.protocol, settings.loads > 1)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
-        found = {e.name: e.meta["figures"][scan] for e in entries
-                 if e.meta is not None and scan in e.meta.get("figures", {})}
+        found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})}
         if found:
             results[scan] = found
     return results
