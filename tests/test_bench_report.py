@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import shutil
 import statistics
 import time
@@ -149,6 +150,40 @@ def test_repeat_check_reports_the_injected_difference():
     assert spread["variants"]["v"]["batch_speedup"] == [2.0, 1.6]
     assert spread["batch_speedup_max_rel_diff"] == pytest.approx(0.4 / 1.8)
     assert spread["b1_speedup_max_rel_diff"] == 0.0
+
+
+def test_the_spread_between_parts_reports_the_injected_difference():
+    def timings(*ms):
+        return [bench.Timing((m,), 16, m / 1000 * 16) for m in ms]
+
+    batched = {"baseline": timings(8.0, 8.0, 8.0, 8.0), "v": timings(4.0, 4.0, 5.0, 5.0)}
+    b1 = {"baseline": [[2.0]] * 4, "v": [[1.0], [1.0], [1.0], [1.0]]}
+    between = bench._part_spread(batched, b1, "baseline", [0, 0, 1, 1], "time")
+    assert between["variants"]["v"]["batch_speedup"] == [2.0, 1.6]  # each part's rounds alone
+    assert between["batch_speedup_max_range"] == pytest.approx(0.4 / 1.8) and between["b1_speedup_max_range"] == 0
+    text = report.render_markdown({**json.loads((FIXTURES / "results.json").read_text()), "parts": between})
+    assert "widest range between parts (relative to their mean) was 22.2% (batch) and 0.0% (batch 1" in text
+
+
+def test_a_timing_process_that_fails_or_dies_gives_one_line_and_leaves_no_process(own_run, home):
+    import multiprocessing
+
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
+    settings = bench.BenchSettings(threads=1, warmup=1, min_time=0.01)
+    folders = {"baseline": own_run / "variants" / "baseline"}
+    broken = {"broken": own_run / "variants" / "missing"}
+    with pytest.raises(VggtoolError, match="in the timing process: "):
+        bench.ProcessTimer(broken, split(32), settings)
+    timer = bench.ProcessTimer(folders, split(32), settings)
+    assert timer.pid != os.getpid()
+    timing, single = timer.block("baseline", (0, 0))
+    assert timing.seconds >= 0.01 and len(single) >= 3
+    timer.process.kill()
+    timer.process.join(10)
+    with pytest.raises(VggtoolError, match="ended unexpectedly"):
+        timer.block("baseline", (0, 0))
+    timer.abandon()
+    assert not [c for c in multiprocessing.active_children() if c.name == "vggtool-timing"]
 
 
 def test_a_time_budget_plans_as_many_rounds_as_fit_within_bounds():
@@ -381,6 +416,8 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     assert "paired bootstrap interval over the parts, then the rounds within each part" in report_text
     assert results["environment"]["timing_processes"] == 2 * 3  # each of the 3 parts of both passes in its own
     assert "3 parts of a pass, each part timed in a fresh process" in report_text
+    assert {len(v["b1_speedup"]) for v in results["parts"]["variants"].values()} == {2 * 3}
+    assert "## Spread between parts" in report_text
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}

@@ -404,15 +404,18 @@ class Timer:
         gc.collect()
 
 
-def _serve(conn, folders: dict[str, Path], latency: Split, settings: BenchSettings) -> None:
+def _serve(conn, folders: dict[str, Path], latency: tuple, settings: BenchSettings) -> None:
     """A timing process: loads the part's variants, then times the blocks asked for, one at a
     time; between them it waits, so the parent redraws only while nothing is timed."""
     import signal
+    import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
+    warnings.simplefilter("ignore")  # the parent showed any when it loaded the same variants to score them
     try:
         apply_settings(settings)
-        timer = Timer(folders, latency, settings, lambda name: conn.send(("loading", name)))
+        split = Split(*(torch.from_numpy(a) for a in latency))
+        timer = Timer(folders, split, settings, lambda name: conn.send(("loading", name)))
         conn.send(("ready", timer.pid))
         while (request := conn.recv()) is not None:
             conn.send(("timed", timer.block(*request)))
@@ -437,7 +440,8 @@ class ProcessTimer:
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: only the environment and pinning carry over
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, folders, latency, settings), daemon=True,
+        images = (latency.images.numpy(), latency.labels.numpy())  # plain bytes through the pipe: no shared memory
+        self.process = context.Process(target=_serve, args=(child, folders, images, settings), daemon=True,
                                        name="vggtool-timing")
         self.process.start()
         child.close()
@@ -460,13 +464,20 @@ class ProcessTimer:
             raise VggtoolError(f"in the timing process: {value}")
         return kind, value
 
+    def _send(self, request) -> None:
+        try:
+            self.conn.send(request)
+        except OSError:  # it died between two requests
+            self.process.join(5)
+            raise VggtoolError(f"the timing process ended unexpectedly (exit code {self.process.exitcode})") from None
+
     def block(self, name: str, at: tuple[int, int]) -> tuple[Timing, list[float]]:
-        self.conn.send((name, at))
+        self._send((name, at))
         return self._reply()[1]
 
     def close(self) -> float:
         """Ends the process once it has dropped its variants; its peak RSS in MB."""
-        self.conn.send(None)
+        self._send(None)
         peak = self._reply()[1]
         self.process.join(10)
         self.abandon()
@@ -552,19 +563,21 @@ def bench(
 
     steps = total_steps()
     make = ProcessTimer if settings.fresh_process else Timer
-    pids, peaks = set(), [_peak_rss_mb()]
+    started_processes, peaks = [0], [_peak_rss_mb()]
 
     def start_part(label: str) -> Timer | ProcessTimer:
         def loading(name: str) -> None:
             progress(f"{label}: loading and warming {name}")
 
         timer = make(folders, latency_split, settings, loading)
-        pids.add(timer.pid)
+        started_processes[0] += timer.pid != os.getpid()
         return timer
 
-    measured, groups = [], []  # groups: the part (and pass) of each round, which the bootstrap resamples first
+    # groups: the part (and pass) of each round, which the bootstrap resamples first; with one part a pass, the
+    # rounds alone (two passes are too few parts for an interval over parts)
+    measured, groups = [], []
     cursor = {e.name: [0, 0] for e in live}  # each block goes on where the variant's last one stopped
-    for p in range(passes):
+    for p in range(passes if live else 0):  # nothing to time when every variant failed
         batched: dict[str, list[Timing]] = {e.name: [] for e in live}
         b1: dict[str, list[list[float]]] = {e.name: [] for e in live}
         label = f"pass {p + 1}/{passes}, " if passes > 1 else ""
@@ -572,7 +585,7 @@ def bench(
         timer = start_part(f"{label}part 1/{settings.loads}")
         if p == 0:
             step += len(live)
-        try:
+        try:  # Ctrl-C included: a timing process ends with this one
             while r < planned:
                 for e in live:
                     progress(f"timing {label}round {r + 1}/{planned}: {e.name}")
@@ -582,7 +595,7 @@ def bench(
                     batched[e.name].append(batch)
                     b1[e.name].append(single)
                     step += 1
-                groups.append(p * settings.loads + part)
+                groups.append(p * settings.loads + part if settings.loads > 1 else 0)
                 r += 1
                 if p == 0:
                     planned = planned_rounds(settings.rounds, settings.time_budget, r, time.perf_counter() - started)
@@ -591,10 +604,10 @@ def bench(
                     part = load_part(part, r, planned, settings.loads)
                     peaks.append(timer.close())  # the old copies go before the new ones are made
                     timer = start_part(f"{label}part {part + 1}/{settings.loads}")
-        except BaseException:  # Ctrl-C included: a timing process ends with this one
+            peaks.append(timer.close())
+        except BaseException:
             timer.abandon()
             raise
-        peaks.append(timer.close())
         measured.append((batched, b1))
     batched = {e.name: [t for m in measured for t in m[0][e.name]] for e in live}  # every round of every pass
     b1 = {e.name: [t for m in measured for t in m[1][e.name]] for e in live}
@@ -617,12 +630,15 @@ def bench(
                                           b1[baseline], b1[e.name], groups))
         changed(rows[e.name])
     spread = _repeat_spread(measured, baseline, settings.protocol) if passes > 1 and baseline in batched else None
+    between = (_part_spread(batched, b1, baseline, groups, settings.protocol)
+               if len(set(groups)) > 1 and baseline in batched else None)
     progress("done")
     env = {**environment(settings), "peak_rss_mb": max(peaks),
-           "timing_processes": len(pids) if settings.fresh_process else 0}
+           "timing_processes": started_processes[0]}
     results = {"environment": env, "settings": {**asdict(settings), "cpus": list(settings.cpus),
-                                                "estimator": estimator(settings.protocol, settings.loads > 1)},
-               "rows": list(rows.values()), **({"repeat_check": spread} if spread else {})}
+                                                "estimator": estimator(settings.protocol, len(set(groups)) > 1)},
+               "rows": list(rows.values()), **({"repeat_check": spread} if spread else {}),
+               **({"parts": between} if between else {})}
     for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
         found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})}
         if found:
@@ -665,6 +681,27 @@ def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dic
     return {"variants": per_variant,
             "batch_speedup_max_rel_diff": max(moved(v["batch_speedup"]) for v in per_variant.values()),
             "b1_speedup_max_rel_diff": max(moved(v["b1_speedup"]) for v in per_variant.values())}
+
+
+def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], protocol: str) -> dict:
+    """Each part's own speed-ups (its rounds alone), and the widest range between parts relative
+    to their mean: how far fresh processes moved the figures within one bench."""
+    parts = list(dict.fromkeys(groups))
+
+    def of(rounds: list, part: int) -> list:
+        return [r for r, g in zip(rounds, groups) if g == part]
+
+    def width(values: list[float]) -> float:
+        return (max(values) - min(values)) / statistics.mean(values)
+
+    per_variant = {}
+    for name in batched:
+        base, cand = batch_rounds(batched[baseline], protocol), batch_rounds(batched[name], protocol)
+        per_variant[name] = {"batch_speedup": [speedup(of(base, g), of(cand, g)) for g in parts],
+                             "b1_speedup": [speedup(of(b1[baseline], g), of(b1[name], g)) for g in parts]}
+    return {"variants": per_variant,
+            "batch_speedup_max_range": max(width(v["batch_speedup"]) for v in per_variant.values()),
+            "b1_speedup_max_range": max(width(v["b1_speedup"]) for v in per_variant.values())}
 
 
 ROW_FIELDS = [

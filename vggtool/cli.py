@@ -512,19 +512,20 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="The fewest interleaved rounds: each variant timed in a short block per round (batch, then "
                    "batch 1), round robin; more follow while --time-budget lasts.")
 @click.option("--time-budget", type=FINITE, default=None,
-              help="Seconds the timed rounds may take (each --repeat-check pass): rounds are added while it lasts, "
+              help="Seconds the timing may take (each --repeat-check pass; each part's start, loading and warm-up "
+                   "included): rounds are added while it lasts, "
                    "up to 1000; 0 runs exactly --rounds [600; --quick: 300].")
 @click.option("--loads", type=int, default=3, show_default=True,
               help="Split each pass's rounds into this many parts and load every variant afresh (then warm it) for "
                    "each: one load's memory placement can move a variant's figures beyond its interval, parts "
                    "average that out, and the interval resamples parts first so it includes their spread. "
-                   "1: load once.")
+                   "1: one part a pass.")
 @click.option("--fresh-process/--same-process", default=True, show_default=True,
               help="Time each part in a fresh process of its own, which loads and warms the variants while this "
                    "one waits idle: a process keeps state across loads (two processes timing side by side "
                    "differed as much as two benches), so only fresh processes average it.")
 @click.option("--warmup", type=int, default=30, show_default=True,
-              help="Most untimed calls per variant before the rounds; warm-up stops once the call time settles "
+              help="Most untimed calls per variant and part before its rounds; warm-up stops once the call time settles "
                    "(within 5%). Each block then starts with one untimed call.")
 @click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
               help="time: whole batches until --min-time is covered; report: every timed test image once.")

@@ -228,6 +228,7 @@ def render_markdown(results: dict) -> str:
         side,
     ]
     parts += (_architecture(ok, batch) + _stored_size(ok) + _spread(results.get("repeat_check"))
+              + _between_parts(results.get("parts"))
               + _sensitivity(results.get("sensitivity", {}))
               + _layer_sensitivity(results.get("layer_sensitivity", {})))
     if failed:
@@ -264,7 +265,8 @@ def _protocol(settings: dict, ok: list[dict], lat_images: int) -> str:
 
 def _batch1_protocol(settings: dict) -> str:
     warm = f"up to {settings['warmup']} warm-up calls, stopping once the call time settles" + (
-        " (once per variant; each block then starts with one untimed call)" if settings.get("estimator") else "")
+        f" (once per variant{' and part' if settings.get('loads', 1) > 1 else ''}; each block then starts with one "
+        "untimed call)" if settings.get("estimator") else "")
     if settings.get("protocol", "report") == "report":
         warm = f"{settings['warmup']} warm-up calls" if "min_time" not in settings else warm
         return f"{warm}, then {settings['single_calls']} timed calls per round"
@@ -283,6 +285,19 @@ def _spread(check: dict | None) -> list[str]:
             f"{100 * check['batch_speedup_max_rel_diff']:.1f}% (batch), {100 * check['b1_speedup_max_rel_diff']:.1f}% "
             "(batch 1): the noise floor of this machine for these figures.",
             _md_table(["Variant", "Speed-up batch, pass 1 / 2", "Speed-up b1, pass 1 / 2"], rows, ["-", ":-:", ":-:"])]
+
+
+def _between_parts(parts: dict | None) -> list[str]:
+    """Each part of a bench (a fresh process with fresh copies) timed alone: how far its speed-ups moved."""
+    if not parts:
+        return []
+    worst = max(parts["variants"].items(), key=lambda kv: max(kv[1]["b1_speedup"]) / min(kv[1]["b1_speedup"]))
+    return ["## Spread between parts",
+            f"Each part's rounds alone give their own speed-ups; the widest range between parts (relative to their "
+            f"mean) was {100 * parts['batch_speedup_max_range']:.1f}% (batch) and "
+            f"{100 * parts['b1_speedup_max_range']:.1f}% (batch 1; {worst[0]}: "
+            + ", ".join(f"{v:.2f}x" for v in worst[1]["b1_speedup"])
+            + "). The figures above pool the parts, and their intervals resample them."]
 
 
 def compare(first: dict, second: dict) -> dict:
