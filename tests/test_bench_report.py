@@ -253,6 +253,17 @@ def test_results_name_the_commit_and_say_when_the_code_was_modified(tmp_path):
     assert bench.git_commit(repo) == clean
     (repo / "code.py").write_text("x = 2\n")
     assert bench.git_commit(repo) == clean + "-dirty"
+    git("commit", "-q", "-am", "two")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "mod.py").write_text("y = 1\n")
+    (repo / "results.json").write_text("{}\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "three")
+    package = bench.git_commit(repo / "pkg")
+    (repo / "results.json").write_text('{"rows": []}\n')  # a bench's results, written into the checkout
+    assert bench.git_commit(repo / "pkg") == package  # outside the package's folder: the code is as committed
+    (repo / "pkg" / "mod.py").write_text("y = 2\n")
+    assert bench.git_commit(repo / "pkg") == package + "-dirty"
 
 
 def test_cpu_list_parsing():

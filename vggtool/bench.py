@@ -102,8 +102,9 @@ def apply_settings(settings: BenchSettings) -> None:
 
 
 def git_commit(where: Path | None = None) -> str:
-    """The commit of vggtool's checkout (of `where`), with "-dirty" when a tracked file differs
-    from it: a figure measured with modified code says so. "unknown" outside a git checkout."""
+    """The commit of vggtool's checkout (of `where`), with "-dirty" when a tracked file in the
+    package's folder (`where`, and below) differs from it: a figure measured with modified code
+    says so, while results written into the checkout do not. "unknown" outside a git checkout."""
     where = where or Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -113,7 +114,7 @@ def git_commit(where: Path | None = None) -> str:
         commit = git("rev-parse", "--short", "HEAD")
         if not commit:
             return "unknown"
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
