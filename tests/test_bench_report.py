@@ -199,7 +199,7 @@ def test_bench_adds_rounds_while_the_time_budget_lasts(own_run, home, tmp_path):
     started = time.perf_counter()
     invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--rounds", "2", "--time-budget", "2",
            "--min-time", "0.01", "--idle-gap", "0", "--warmup", "1", "--threads", "1", "--accuracy-images", "20",
-           "--repeat-check", "--same-process", "--results-dir", str(tmp_path))  # a fresh process takes seconds to start
+           "--repeat-check", "--results-dir", str(tmp_path))
     took = time.perf_counter() - started
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]
@@ -401,7 +401,7 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     out = invoke("bench", "--run-dir", str(trained_run), "--variant", "baseline", "--variant", "static-int8-fused",
                  "--variant", "onnx-fp32", "--variant", "broken", "--quick", "--rounds", "3", "--time-budget", "0",
                  "--threads", "1",
-                 "--min-time", "0.1", "--repeat-check", "--results-dir", str(tmp_path)).output
+                 "--min-time", "0.1", "--repeat-check", "--fresh-process", "--results-dir", str(tmp_path)).output
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
     assert rows["broken"]["status"].startswith("failed") and "broken" in out

@@ -105,11 +105,11 @@ def test_a_recipe_from_one_file_is_built_reloaded_benched_and_rendered(registere
     chain = json.loads((own_run / "variants" / f"{name}+dynamic-int8" / "meta.json").read_text())["chain"]
     assert [step["name"] for step in chain] == ["checkpoint", name]
 
-    # bench times in fresh processes, which start with this one's sys.path: the plugin installed on it
+    # bench --fresh-process times in fresh processes, which start with this one's sys.path: the plugin installed on it
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(plugin_path.split(os.pathsep)[0])
         invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", name, "--quick", "--rounds",
-               "1", "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3",
+               "1", "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3", "--fresh-process",
                "--results-dir", str(tmp_path / "results"))
     rows = {r["variant"]: r for r in json.loads((tmp_path / "results" / "results.json").read_text())["rows"]}
     assert rows[name]["status"] == "ok" and rows[name]["method"] == "Throwaway scaled head"

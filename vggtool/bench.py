@@ -1,7 +1,8 @@
 """Benchmark: every variant of a run measured under one set of conditions, with
 repeats interleaved round robin so drift hits all alike, in parts that each load
-every variant afresh in a fresh process (a Timer), so state a process keeps is
-averaged over parts and the intervals, which resample parts first, include it.
+every variant afresh (a Timer; optionally each in a fresh process of its own, a
+ProcessTimer), with intervals that resample parts first, so they include how far
+a fresh load moves a figure.
 
 Two latency figures per variant: the report's protocol (the test split in
 batches of `batch_size`, 16 in the report; time inside the model call summed,
@@ -55,7 +56,7 @@ class BenchSettings:
     idle_gap: float = 0.05
     time_budget: float = 0.0  # seconds of timing a pass may take: more rounds while it lasts (0: exactly `rounds`)
     loads: int = 1  # each pass's rounds in this many parts, every variant loaded afresh (and warmed) for each part
-    fresh_process: bool = True  # each part timed in a fresh process of its own (False: in this one)
+    fresh_process: bool = False  # True: each part timed in a fresh process of its own (default: all in this one)
 
     def __post_init__(self):
         for name in ("batch_size", "rounds", "single_calls", "loads"):

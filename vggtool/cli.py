@@ -520,10 +520,11 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
                    "each: one load's memory placement can move a variant's figures beyond its interval, parts "
                    "average that out, and the interval resamples parts first so it includes their spread. "
                    "1: one part a pass.")
-@click.option("--fresh-process/--same-process", default=True, show_default=True,
+@click.option("--fresh-process/--same-process", default=False, show_default=True,
               help="Time each part in a fresh process of its own, which loads and warms the variants while this "
-                   "one waits idle: a process keeps state across loads (two processes timing side by side "
-                   "differed as much as two benches), so only fresh processes average it.")
+                   "one waits idle, so the intervals include how far a process's own state moves a figure. Off by "
+                   "default: on VGG19-BN, ONNX Runtime's batch speed-up then differed widely between processes, "
+                   "and two benches' figures moved more than in one process.")
 @click.option("--warmup", type=int, default=30, show_default=True,
               help="Most untimed calls per variant and part before its rounds; warm-up stops once the call time settles "
                    "(within 5%). Each block then starts with one untimed call.")
@@ -558,8 +559,8 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
     All variants are timed side by side under one set of conditions, in
     many short interleaved rounds (round robin, an idle gap before each
     variant's turn), as many as --time-budget allows (at least --rounds),
-    split into --loads parts, each in a fresh process that loads and warms
-    every variant. Each ms figure is the median over every timed call
+    split into --loads parts, each loading and warming every variant afresh
+    (--fresh-process: in a fresh process of its own). Each ms figure is the median over every timed call
     (--protocol report: over the rounds' summed figures); each speed-up the
     ratio of two such medians, with a 95% paired bootstrap interval over the
     parts and the rounds within them. Each block runs until it has covered --min-time; --protocol
