@@ -687,7 +687,7 @@ def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dic
 
 def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], protocol: str) -> dict:
     """Each part's own speed-ups (its rounds alone), and the widest range between parts relative
-    to their mean: how far fresh processes moved the figures within one bench."""
+    to their mean: how far fresh loads (or, with fresh_process, processes) moved the figures within one bench."""
     parts = list(dict.fromkeys(groups))
 
     def of(rounds: list, part: int) -> list:
