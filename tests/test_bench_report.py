@@ -161,8 +161,10 @@ def test_the_spread_between_parts_reports_the_injected_difference():
     between = bench._part_spread(batched, b1, "baseline", [0, 0, 1, 1], "time")
     assert between["variants"]["v"]["batch_speedup"] == [2.0, 1.6]  # each part's rounds alone
     assert between["batch_speedup_max_range"] == pytest.approx(0.4 / 1.8) and between["b1_speedup_max_range"] == 0
+    assert between["variants"]["v"]["batch_ms"] == [4.0, 5.0] and between["variants"]["baseline"]["batch_ms"] == [8.0, 8.0]
     text = report.render_markdown({**json.loads((FIXTURES / "results.json").read_text()), "parts": between})
-    assert "widest range between parts (relative to their mean) was 22.2% (batch) and 0.0% (batch 1" in text
+    assert "widest range between parts (relative to their mean) was 22.2% (batch; v: 2.00x, 1.60x) and 0.0% (batch 1" in text
+    assert "Batch ms per image in those parts: v 4.00, 5.00, baseline 8.00, 8.00." in text  # the variant moved
 
 
 def test_a_timing_process_that_fails_or_dies_gives_one_line_and_leaves_no_process(own_run, home):

@@ -686,8 +686,9 @@ def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dic
 
 
 def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], protocol: str) -> dict:
-    """Each part's own speed-ups (its rounds alone), and the widest range between parts relative
-    to their mean: how far fresh loads (or, with fresh_process, processes) moved the figures within one bench."""
+    """Each part's own speed-ups and ms per image (its rounds alone), and the widest range of the speed-ups
+    between parts relative to their mean: how far the figures moved within one bench (fresh loads; with
+    fresh_process, fresh processes; and whatever else changed on the machine meanwhile)."""
     parts = list(dict.fromkeys(groups))
 
     def of(rounds: list, part: int) -> list:
@@ -700,8 +701,11 @@ def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], prot
     for name in batched:
         base, cand = batch_rounds(batched[baseline], protocol), batch_rounds(batched[name], protocol)
         per_variant[name] = {"batch_speedup": [speedup(of(base, g), of(cand, g)) for g in parts],
-                             "b1_speedup": [speedup(of(b1[baseline], g), of(b1[name], g)) for g in parts]}
-    return {"variants": per_variant,
+                             "b1_speedup": [speedup(of(b1[baseline], g), of(b1[name], g)) for g in parts],
+                             # each side's own figure per part: whether the variant or the baseline moved
+                             "batch_ms": [pooled_median(of(cand, g)) for g in parts],
+                             "b1_ms": [pooled_median(of(b1[name], g)) for g in parts]}
+    return {"variants": per_variant, "baseline": baseline,
             "batch_speedup_max_range": max(width(v["batch_speedup"]) for v in per_variant.values()),
             "b1_speedup_max_range": max(width(v["b1_speedup"]) for v in per_variant.values())}
 

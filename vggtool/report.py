@@ -295,13 +295,22 @@ def _between_parts(parts: dict | None) -> list[str]:
     def width(values: list[float]) -> float:  # as bench._part_spread measures it
         return (max(values) - min(values)) / (sum(values) / len(values))
 
-    worst = max(parts["variants"].items(), key=lambda kv: width(kv[1]["b1_speedup"]))
-    return ["## Spread between parts",
-            f"Each part's rounds alone give their own speed-ups; the widest range between parts (relative to their "
-            f"mean) was {100 * parts['batch_speedup_max_range']:.1f}% (batch) and "
-            f"{100 * parts['b1_speedup_max_range']:.1f}% (batch 1; {worst[0]}: "
-            + ", ".join(f"{v:.2f}x" for v in worst[1]["b1_speedup"])
-            + "). The figures above pool the parts, and their intervals resample them."]
+    def series(values: list[float], unit: str) -> str:
+        return ", ".join(f"{v:.2f}{unit}" for v in values)
+
+    variants = parts["variants"]
+    worst = max(variants.items(), key=lambda kv: width(kv[1]["b1_speedup"]))
+    widest = max(variants.items(), key=lambda kv: width(kv[1]["batch_speedup"]))
+    text = (f"Each part's rounds alone give their own speed-ups; the widest range between parts (relative to their "
+            f"mean) was {100 * parts['batch_speedup_max_range']:.1f}% (batch; {widest[0]}: "
+            f"{series(widest[1]['batch_speedup'], 'x')}) and {100 * parts['b1_speedup_max_range']:.1f}% (batch 1; "
+            f"{worst[0]}: {series(worst[1]['b1_speedup'], 'x')}). The figures above pool the parts, and their "
+            "intervals resample them.")
+    baseline = parts.get("baseline")  # older results.json lack it and the ms
+    if baseline in variants and widest[0] != baseline:
+        text += (f" Batch ms per image in those parts: {widest[0]} {series(widest[1]['batch_ms'], '')}, "
+                 f"{baseline} {series(variants[baseline]['batch_ms'], '')}.")
+    return ["## Spread between parts", text]
 
 
 def compare(first: dict, second: dict) -> dict:
