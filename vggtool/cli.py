@@ -517,8 +517,9 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
                    "up to 1000; 0 runs exactly --rounds [600; --quick: 300].")
 @click.option("--loads", type=int, default=3, show_default=True,
               help="Split each pass's rounds into this many parts and load every variant afresh (then warm it) for "
-                   "each: one load's memory placement can move a variant's figures beyond its interval, parts "
-                   "average that out, and the interval resamples parts first so it includes their spread. "
+                   "each: a variant's speed can move between loads and with the machine's state over minutes, "
+                   "parts spread the timing over both, the interval resamples parts first so it includes their "
+                   "spread, and REPORT.md states each part's figures. "
                    "1: one part a pass.")
 @click.option("--fresh-process/--same-process", default=False, show_default=True,
               help="Time each part in a fresh process of its own, which loads and warms the variants while this "
