@@ -2,7 +2,7 @@
 repeats interleaved round robin so drift hits all alike, in parts that each load
 every variant afresh (a Timer; optionally each in a fresh process of its own, a
 ProcessTimer), with intervals that resample parts first, so they include how far
-a fresh load moves a figure.
+a figure moves between parts (fresh loads, and the machine's state meanwhile).
 
 Two latency figures per variant: the report's protocol (the test split in
 batches of `batch_size`, 16 in the report; time inside the model call summed,
@@ -689,25 +689,25 @@ def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], prot
     """Each part's own speed-ups and ms per image (its rounds alone), and the widest range of the speed-ups
     between parts relative to their mean: how far the figures moved within one bench (fresh loads; with
     fresh_process, fresh processes; and whatever else changed on the machine meanwhile)."""
+    from vggtool.report import spread
+
     parts = list(dict.fromkeys(groups))
 
     def of(rounds: list, part: int) -> list:
         return [r for r, g in zip(rounds, groups) if g == part]
 
-    def width(values: list[float]) -> float:
-        return (max(values) - min(values)) / statistics.mean(values)
-
     per_variant = {}
+    base = batch_rounds(batched[baseline], protocol)
     for name in batched:
-        base, cand = batch_rounds(batched[baseline], protocol), batch_rounds(batched[name], protocol)
+        cand = batch_rounds(batched[name], protocol)
         per_variant[name] = {"batch_speedup": [speedup(of(base, g), of(cand, g)) for g in parts],
                              "b1_speedup": [speedup(of(b1[baseline], g), of(b1[name], g)) for g in parts],
                              # each side's own figure per part: whether the variant or the baseline moved
                              "batch_ms": [pooled_median(of(cand, g)) for g in parts],
                              "b1_ms": [pooled_median(of(b1[name], g)) for g in parts]}
     return {"variants": per_variant, "baseline": baseline,
-            "batch_speedup_max_range": max(width(v["batch_speedup"]) for v in per_variant.values()),
-            "b1_speedup_max_range": max(width(v["b1_speedup"]) for v in per_variant.values())}
+            "batch_speedup_max_range": max(spread(v["batch_speedup"]) for v in per_variant.values()),
+            "b1_speedup_max_range": max(spread(v["b1_speedup"]) for v in per_variant.values())}
 
 
 ROW_FIELDS = [

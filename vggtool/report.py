@@ -289,18 +289,17 @@ def _spread(check: dict | None) -> list[str]:
 
 def _between_parts(parts: dict | None) -> list[str]:
     """Each part of a bench (fresh copies, in a fresh process with --fresh-process) timed alone: how far its
-    speed-ups moved. The variant named is the one whose batch-1 range is the widest, as the figure."""
+    speed-ups moved. Named beside each figure: the variant whose range it is, and for the batch figure each
+    side's ms per part, so a reader sees whether the variant or the baseline moved."""
     if not parts:
         return []
-    def width(values: list[float]) -> float:  # as bench._part_spread measures it
-        return (max(values) - min(values)) / (sum(values) / len(values))
 
     def series(values: list[float], unit: str) -> str:
         return ", ".join(f"{v:.2f}{unit}" for v in values)
 
     variants = parts["variants"]
-    worst = max(variants.items(), key=lambda kv: width(kv[1]["b1_speedup"]))
-    widest = max(variants.items(), key=lambda kv: width(kv[1]["batch_speedup"]))
+    worst = max(variants.items(), key=lambda kv: spread(kv[1]["b1_speedup"]))
+    widest = max(variants.items(), key=lambda kv: spread(kv[1]["batch_speedup"]))
     text = (f"Each part's rounds alone give their own speed-ups; the widest range between parts (relative to their "
             f"mean) was {100 * parts['batch_speedup_max_range']:.1f}% (batch; {widest[0]}: "
             f"{series(widest[1]['batch_speedup'], 'x')}) and {100 * parts['b1_speedup_max_range']:.1f}% (batch 1; "
@@ -413,6 +412,11 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
 def moved(pair) -> float:
     """How far a figure moved between two measurements, relative to their mean."""
     return abs(pair[0] - pair[1]) / ((pair[0] + pair[1]) / 2)
+
+
+def spread(values) -> float:
+    """How far a figure ranged over several measurements (a bench's parts), relative to their mean."""
+    return (max(values) - min(values)) / (sum(values) / len(values))
 
 
 def _architecture(ok: list[dict], batch: str) -> list[str]:
