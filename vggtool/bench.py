@@ -696,15 +696,16 @@ def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], prot
     def of(rounds: list, part: int) -> list:
         return [r for r, g in zip(rounds, groups) if g == part]
 
-    per_variant = {}
-    base = batch_rounds(batched[baseline], protocol)
-    for name in batched:
-        cand = batch_rounds(batched[name], protocol)
-        per_variant[name] = {"batch_speedup": [speedup(of(base, g), of(cand, g)) for g in parts],
-                             "b1_speedup": [speedup(of(b1[baseline], g), of(b1[name], g)) for g in parts],
-                             # each side's own figure per part: whether the variant or the baseline moved
-                             "batch_ms": [pooled_median(of(cand, g)) for g in parts],
-                             "b1_ms": [pooled_median(of(b1[name], g)) for g in parts]}
+    def per_part(rounds: list) -> list[float]:
+        return [pooled_median(of(rounds, g)) for g in parts]
+
+    # each side's own ms per part (whether the variant or the baseline moved); a speed-up is their ratio, as speedup()
+    ms = {name: (per_part(batch_rounds(batched[name], protocol)), per_part(b1[name])) for name in batched}
+    base_batch, base_b1 = ms[baseline]
+    per_variant = {name: {"batch_speedup": [b / c for b, c in zip(base_batch, batch)],
+                          "b1_speedup": [b / c for b, c in zip(base_b1, one)],
+                          "batch_ms": batch, "b1_ms": one}
+                   for name, (batch, one) in ms.items()}
     return {"variants": per_variant, "baseline": baseline,
             "batch_speedup_max_range": max(spread(v["batch_speedup"]) for v in per_variant.values()),
             "b1_speedup_max_range": max(spread(v["b1_speedup"]) for v in per_variant.values())}
