@@ -35,6 +35,15 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def has_native_bf16() -> bool:
+    """bf16 arithmetic in hardware (AVX512_BF16 or AMX): where CPU autocast to bf16 pays; elsewhere it is emulated
+    and slower than float32 (pytorch/pytorch #86550, #118499)."""
+    return any(f in _read()[1] for f in BF16_FLAGS)
+
+
 def reduce_range(choice: str) -> bool:
     """Resolve a --reduce-range choice: on, off, or auto (on where the CPU lacks VNNI)."""
     return choice == "on" or (choice == "auto" and not has_vnni())
