@@ -153,7 +153,7 @@ def test_iterative_steps_and_slimming_fine_tune_between(trained_run):
 
     calls = []
 
-    def finetune(model, epochs, lr, schedule, extra_loss=None):
+    def finetune(model, epochs, lr, schedule, extra_loss=None, float32=False):
         calls.append((sum(p.numel() for p in model.parameters()), extra_loss is not None))
         return {"epochs": epochs}
 

@@ -236,6 +236,10 @@ class FineTuning:
         if self.teacher and not self.distill:
             raise VggtoolError("--teacher needs --distill")
 
+    # Fine-tuning runs in the run's training precision (bf16 autocast where the CPU has it); a recipe whose
+    # training ops take float32 only says so here.
+    tunes_in_float32 = False
+
     @property
     def tuning_stem(self) -> str:
         return "-kd" if self.distill else ""
@@ -257,7 +261,7 @@ class FineTuning:
                 raise VggtoolError(f"the teacher predicts {classes} classes, the model {source.spec.num_classes}")
             extra = distillation(copy.deepcopy(teacher), self.temperature, self.distill_weight)
         return tune(model, epochs=self.finetune_epochs, lr=self.finetune_lr, schedule=self.finetune_schedule,
-                    extra_loss=extra)
+                    extra_loss=extra, float32=self.tunes_in_float32)
 
 
 TUNING_FIELDS = {f.name for f in fields(FineTuning)}

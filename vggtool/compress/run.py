@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -15,15 +16,22 @@ from vggtool.errors import VggtoolError
 from vggtool.files import remove_stale_temporaries
 from vggtool.runs import Run
 
+# A fine-tuning display: entered around each fine-tuning, it yields a train.Observer (the CLI's progress bars).
+Display = Callable[[], contextlib.AbstractContextManager]
 
-def run_context(run: Run, data_dir: Path) -> Context:
+
+def run_context(run: Run, data_dir: Path, display: Display | None = None) -> Context:
     """A Context over a run's data: splits are read once, only if a recipe asks.
     Fine-tuning uses the run's own training settings through `train.finetune`."""
     splits = cache(lambda: run.splits(data_dir))
+    display = display or (lambda: contextlib.nullcontext())
 
-    def finetune(model: nn.Module, epochs: int, lr: float, schedule: str = "onecycle", extra_loss=None) -> dict:
-        return train.finetune(model, splits().train, train.finetune_config(run.config(), epochs, lr, schedule),
-                    val_split=splits().val, extra_loss=extra_loss)
+    def finetune(model: nn.Module, epochs: int, lr: float, schedule: str = "onecycle", extra_loss=None,
+                 float32: bool = False) -> dict:
+        cfg = train.finetune_config(run.config(), epochs, lr, schedule, amp="off" if float32 else None)
+        with display() as observer:
+            return train.finetune(model, splits().train, cfg, val_split=splits().val, extra_loss=extra_loss,
+                                  observer=observer)
 
     def teacher(ref: str) -> nn.Module:
         """A float variant of the run by name, else a model file."""
@@ -36,7 +44,8 @@ def run_context(run: Run, data_dir: Path) -> Context:
 
 
 def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, checkpoint_path: Path | None = None,
-          from_variant: str | None = None, force: bool = False, trust_pickle: bool = False) -> dict[str, dict]:
+          from_variant: str | None = None, force: bool = False, trust_pickle: bool = False,
+          display: Display | None = None) -> dict[str, dict]:
     """Build one recipe from the run's baseline, a checkpoint, or a float variant of the run."""
     if checkpoint_path is not None and from_variant is not None:
         raise VggtoolError("pass either --checkpoint or --from-variant, not both")
@@ -48,11 +57,13 @@ def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, che
     remove_stale_temporaries(run.variants_dir)
     if (run.variants_dir / name).exists() and not force:
         raise VggtoolError(f"variant {name} already exists in {run.variants_dir}; pass --force to rebuild")
-    return {name: build_variant(recipe, source, run_context(run, data_dir), run.variants_dir / name, force, name)}
+    return {name: build_variant(recipe, source, run_context(run, data_dir, display), run.variants_dir / name, force,
+                                name)}
 
 
 def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path | None = None, force: bool = False,
-             trust_pickle: bool = False, on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+             trust_pickle: bool = False, on_done: Callable[[str, dict], None] | None = None,
+             display: Display | None = None) -> dict[str, dict]:
     """Build registered variants by name from the run's baseline (or a checkpoint).
 
     A chained name "a+b" builds "a" first (or reuses it when it exists) and then
@@ -68,7 +79,7 @@ def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path |
             if on_done:
                 on_done(n, None)
         plans = {n: r for n, r in plans.items() if n not in kept}
-    ctx = run_context(run, data_dir)
+    ctx = run_context(run, data_dir, display)
     baseline = cache(lambda: source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle))
     metas: dict[str, dict] = {}
     for name, recipes in plans.items():
