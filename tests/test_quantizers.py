@@ -211,3 +211,23 @@ def test_pt2e_unavailable_is_one_line(own_run, home):
     one_line_error(invoke("quantize", "--pt2e", "--run-dir", str(own_run), ok=False), "PT2E path is unavailable",
                    PT2E_REASON)
     assert not (own_run / "variants").exists() or not list((own_run / "variants").iterdir())
+
+
+def test_each_torch_int8_variant_runs_on_the_engine_it_was_packed_for(own_run, home, x):
+    """The quantized engine is one global setting of torch: benched side by side, an fbgemm and an x86 variant
+    each select their own on every call, and give what they give when loaded alone."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no x86 quantized engine")
+    invoke("quantize", "--static", "--fuse", "--run-dir", str(own_run))
+    invoke("quantize", "--static", "--fuse", "--engine", "x86", "--run-dir", str(own_run))
+    names = sorted(p.name for p in (own_run / "variants").iterdir() if p.name.startswith("static-int8-fused"))
+    assert len(names) == 2
+    alone = {}
+    for name in names:
+        alone[name] = logits(own_run, name, x)
+    loaded = {name: c.load_variant(own_run / "variants" / name) for name in names}
+    for name, variant in [*loaded.items(), *reversed(loaded.items())]:
+        out = torch.as_tensor(variant.predict(x)).float()
+        assert torch.backends.quantized.engine == variant.recipe.engine == meta(own_run, name)["recipe"]["params"].get(
+            "engine", "fbgemm")
+        assert torch.equal(out, alone[name])

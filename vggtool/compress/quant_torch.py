@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vggtool import quant_ao
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, register, skeleton
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, finalize, register, skeleton
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.models import build_model
@@ -94,6 +94,9 @@ class QatQuant(FineTuning, Recipe):
     fuse: bool = True
     engine: str = "fbgemm"
     per_channel: bool = True
+    # torch.ao's fused fake-quantize kernel takes float32 only ("expected scalar type Float but found BFloat16"
+    # under CPU bf16 autocast on torch 2.0.1), so QAT fine-tunes in float32 whatever the run's precision
+    tunes_in_float32 = True
     finetune_epochs: int = 3
     finetune_lr: float = 0.001  # weights start trained: a small rate, as torchvision's QAT reference uses
 
@@ -168,6 +171,13 @@ def _(recipe: DynamicQuant, spec):
 @skeleton.register
 def _(recipe: StaticQuant, spec):
     return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)
+
+
+@finalize.register(DynamicQuant)
+@finalize.register(StaticQuant)
+@finalize.register(QatQuant)
+def _(recipe, model):
+    return quant_ao.on_engine(model, recipe.engine)  # runs on the kernels it was packed for, whatever else is loaded
 
 
 register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True),
