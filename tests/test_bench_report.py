@@ -558,3 +558,18 @@ def test_each_part_of_a_pass_loads_every_variant_afresh(own_run, home, tmp_path,
     assert "every variant loaded afresh for each of 3 parts of a pass)" in report_text
     assert "fresh process" not in report_text
     one_line_error(invoke("bench", "--run-dir", str(own_run), "--loads", "0", ok=False), "loads must be positive")
+
+
+def test_the_report_states_each_fine_tuning_its_epochs_precision_and_minutes():
+    results = fixture()
+    results["finetune"] = {
+        "prune-global-0.6": {"history": [{"epoch": 0, "precision": "bf16", "seconds": 150.0, "val_top1_err": 0.41},
+                                         {"epoch": 1, "precision": "bf16", "seconds": 90.0, "val_top1_err": 0.40}]},
+        "static-int8": [{"history": [{"epoch": 0, "precision": "fp32", "seconds": 30.0, "val_top1_err": 0.5}]},
+                        {"history": [{"epoch": 0, "precision": "fp32", "seconds": 60.0, "val_top1_err": 0.45}]}],
+    }
+    md = report.render_markdown(results)
+    section = md.split("## Fine-tuning")[1].split("\n## ")[0]
+    assert "| `prune-global-0.6` | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
+    assert "| `static-int8` | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section
+    assert "## Fine-tuning" not in report.render_markdown(fixture())

@@ -641,7 +641,7 @@ def bench(
                                                 "estimator": estimator(settings.protocol, len(set(groups)) > 1)},
                "rows": list(rows.values()), **({"repeat_check": spread} if spread else {}),
                **({"parts": between} if between else {})}
-    for scan in ("sensitivity", "layer_sensitivity"):  # recorded at build time, shown beside the measurements
+    for scan in ("sensitivity", "layer_sensitivity", "finetune"):  # recorded at build time, shown beside the figures
         found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})}
         if found:
             results[scan] = found

@@ -188,13 +188,17 @@ def render_markdown(results: dict) -> str:
          for r in ok],
         ["-"] + [":-:"] * 9,
     )
+    base = next((r for r in ok if r["variant"] == "baseline"), None)
     side = _md_table(
-        ["Variant", "Top1err ours / published", "Top5err ours / published", "Runtime ms ours / published",
-         "Size MB ours / published"],
+        ["Variant", "Top1err ours / published", "Top5err ours / published", "Top-1 change from baseline, points: "
+         "ours / published", "Runtime ms ours / published", "Size MB ours / published"],
         [[r["variant"]] + [f"{_fmt(r[k], spec)} / {_fmt(p, spec)}" for k, spec, p in zip(
-            ("top1_err", "top5_err", "batch_ms", "size_mb"), (".3f", ".3f", ".2f", ".2f"), PUBLISHED[r["variant"]])]
+            ("top1_err", "top5_err"), (".3f", ".3f"), PUBLISHED[r["variant"]])]
+         + [f"{_points(r, base)} / {100 * (PUBLISHED[r['variant']][0] - PUBLISHED['baseline'][0]):+.1f}"]
+         + [f"{_fmt(r[k], spec)} / {_fmt(p, spec)}" for k, spec, p in zip(
+            ("batch_ms", "size_mb"), (".2f", ".2f"), PUBLISHED[r["variant"]][2:])]
          for r in ok if r["variant"] in PUBLISHED],
-        ["-"] + [":-:"] * 4,
+        ["-"] + [":-:"] * 5,
     )
     failed = [f"- `{r['variant']}`: {r['status']}" for r in rows if r["status"] != "ok"]
     env_lines = [f"- {k}: `{v}`" for k, v in env.items()]
@@ -229,6 +233,7 @@ def render_markdown(results: dict) -> str:
     ]
     parts += (_architecture(ok, batch) + _stored_size(ok) + _spread(results.get("repeat_check"))
               + _between_parts(results.get("parts"))
+              + _finetuning(results.get("finetune", {}), ok)
               + _sensitivity(results.get("sensitivity", {}))
               + _layer_sensitivity(results.get("layer_sensitivity", {})))
     if failed:
@@ -456,6 +461,33 @@ def _stored_size(ok: list[dict]) -> list[str]:
             "is that file's bytes. Beside it, what the decoded dense model takes as `torch.save(state_dict)` (the "
             "report's measure) and zlib-compressed, so no row looks smaller than what is on disk. Errors are "
             "measured on the model decoded from the stored file.", table]
+
+
+def _points(row: dict, base: dict | None) -> str:
+    """A variant's top-1 error minus the baseline's, in percentage points."""
+    if base is None or row.get("top1_err") is None or base.get("top1_err") is None:
+        return "-"
+    return f"{100 * (row['top1_err'] - base['top1_err']):+.1f}"
+
+
+def _finetuning(tunings: dict[str, dict | list[dict]], ok: list[dict]) -> list[str]:
+    """What each variant's own fine-tuning cost: epochs, precision, training minutes (a stacked variant
+    inherits its parent's and is not listed again)."""
+    if not tunings:
+        return []
+    errors = {r["variant"]: r.get("top1_err") for r in ok}
+    rows = []
+    for variant, runs in tunings.items():
+        history = [e for run in (runs if isinstance(runs, list) else [runs]) for e in run["history"]]
+        rows.append([f"`{variant}`", str(len(history)), ", ".join(sorted({e.get("precision", "fp32") for e in history})),
+                     f"{sum(e.get('seconds', 0) for e in history) / 60:.1f}",
+                     _fmt(min((e["val_top1_err"] for e in history if "val_top1_err" in e), default=None), ".3f"),
+                     _fmt(errors.get(variant), ".3f")])
+    return ["## Fine-tuning",
+            "Each variant's own fine-tuning on the training split (the best epoch on validation kept): its epochs, "
+            "the precision of its training steps and the minutes they took on the machine that built it.",
+            _md_table(["Variant", "Epochs", "Precision", "Training minutes", "Best val top-1 err", "Test top-1 err"],
+                      rows, ["-"] + [":-:"] * 5)]
 
 
 def _sensitivity(scans: dict[str, list[dict]]) -> list[str]:
