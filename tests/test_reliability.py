@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from vggtool import checkpoint
 from vggtool import compress as c
 from vggtool import data as vdata
+from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.report import load_results
 
@@ -147,11 +148,12 @@ def payloads(marker: Path):
 
 @FUZZ
 @given(data=st.data())
-def test_hostile_pickles_never_run_as_checkpoints_or_data_files(tmp_path, data):
+def _hostile_pickles_never_run_as_checkpoints_or_data_files(tmp_path, data):
     work = Path(tempfile.mkdtemp(dir=tmp_path))
     marker = work / MARKER
     payload = data.draw(payloads(marker))
     wrap = data.draw(st.sampled_from(["bare", "state_dict", "cifar"]))
+    COUNTS[f"pickle {wrap}"] = COUNTS.get(f"pickle {wrap}", 0) + 1
     obj = {"bare": payload, "state_dict": {"state_dict": {"w": payload}},
            "cifar": {"data": payload, "fine_labels": [0]}}[wrap]
     protocol = data.draw(st.integers(0, pickle.HIGHEST_PROTOCOL))
@@ -198,7 +200,7 @@ COUNTS: dict[str, int] = {}
 
 @FUZZ
 @given(data=st.data())
-def test_fuzzed_model_files_are_errors_never_models(run, tmp_path, data):
+def _fuzzed_model_files_are_errors_never_models(run, tmp_path, data):
     work = Path(tempfile.mkdtemp(dir=tmp_path))
     which = data.draw(st.sampled_from(["checkpoint", "safetensors-variant", "vdc", "onnx", "meta"]))
     COUNTS[which] = COUNTS.get(which, 0) + 1
@@ -231,65 +233,110 @@ def test_fuzzed_model_files_are_errors_never_models(run, tmp_path, data):
 
 @FUZZ
 @given(data=st.data())
-def test_fuzzed_results_config_and_data_files_are_one_line_errors(run, tmp_path, data):
+def _fuzzed_results_config_and_data_files_are_one_line_errors(run, tmp_path, data):
     tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))
     work = tmp_path
     which = data.draw(st.sampled_from(["results", "config", "cifar"]))
     COUNTS[which] = COUNTS.get(which, 0) + 1
     if which == "results":
         good = json.dumps({"rows": [{"variant": "baseline"}], "settings": {}, "environment": {}}).encode()
-        (tmp_path / "results.json").write_bytes(damage(good, data.draw))
+        damaged = damage(good, data.draw)
+        (tmp_path / "results.json").write_bytes(damaged)
         try:
-            load_results(tmp_path)
+            loaded = load_results(tmp_path)
         except VggtoolError:
-            pass
+            return
+        # it loaded: then the bytes were results, and what came back is what they hold
+        assert [r.get("variant") for r in loaded["rows"]] == [r.get("variant") for r in json.loads(damaged)["rows"]]
     elif which == "config":
         (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "config.json").write_bytes(damage((run / "config.json").read_bytes(), data.draw))
+        damaged = damage((run / "config.json").read_bytes(), data.draw)
+        (tmp_path / "run" / "config.json").write_bytes(damaged)
+        from vggtool.config import TrainConfig
         from vggtool.runs import Run
 
         try:
-            Run(tmp_path / "run").config()
+            cfg = Run(tmp_path / "run").config()
         except VggtoolError:
-            pass
+            return
+        assert cfg == TrainConfig.from_dict(json.loads(damaged)["config"])
     else:
         good = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 1]}, protocol=2)
-        (tmp_path / "test").write_bytes(damage(good, data.draw))
+        damaged = damage(good, data.draw)
+        (tmp_path / "test").write_bytes(damaged)
         try:
-            vdata._read_pickle(work / "test")
+            loaded = vdata._read_pickle(work / "test")
         except VggtoolError:
-            pass
+            return
+        # the allow-list let it through, so it names only safe types: a plain unpickle must give the same
+        plain = pickle.loads(damaged, encoding="latin1")
+        assert loaded.keys() == plain.keys()
+        for key, value in plain.items():
+            assert np.array_equal(loaded[key], value) if isinstance(value, np.ndarray) else loaded[key] == value
 
 
+# (command, option, bad values, what the error must name: one of these): the error names the option's check,
+# so a check removed (the epochs cap, the width bound) fails here instead of some later error passing
 BAD_OPTIONS = [
-    ("train", "--epochs", st.integers(-10**6, 0)), ("train", "--batch-size", st.integers(-5, 0)),
-    ("train", "--lr", st.sampled_from(["nan", "inf", "-1", "0", "x"])), ("train", "--width", st.floats(4.01, 1e9)),
-    ("train", "--rotation", st.floats(181, 1e6)), ("train", "--dropout", st.floats(1.0, 100)),
-    ("train", "--epochs", st.integers(10_001, 10**30)),
-    ("prune", "--amount", st.floats(1.0, 1e6)), ("cluster", "--bits", st.integers(9, 10**6)),
-    ("cluster", "--conv-bits", st.integers(-10**6, 0)), ("bench", "--rounds", st.integers(-100, 0)),
-    ("bench", "--min-time", st.sampled_from(["-1", "nan", "inf", "-inf"])), ("evaluate", "--batch-size", st.integers(-9, 0)),
-    ("quantize", "--calib-size", st.integers(-10**6, 0)), ("export", "--opset", st.integers(22, 10**6)),
+    ("train", "--epochs", st.integers(-10**6, 0), ("epochs must be positive",)),
+    ("train", "--batch-size", st.integers(-5, 0), ("batch-size must be positive",)),
+    ("train", "--lr", st.sampled_from(["nan", "inf", "-1", "0", "x"]), ("'--lr'", "learning rate must be positive")),
+    ("train", "--width", st.floats(4.01, 1e9), ("width must be in",)),
+    ("train", "--rotation", st.floats(181, 1e6), ("rotation must be in",)),
+    ("train", "--dropout", st.floats(1.0, 100), ("dropout must be in",)),
+    ("train", "--label-smoothing", st.floats(1.0, 1e6), ("label-smoothing must be in",)),
+    ("train", "--epochs", st.integers(10_001, 10**30), ("epochs must be at most",)),
+    ("prune", "--amount", st.floats(1.0, 1e6), ("amount must be in",)),
+    ("cluster", "--bits", st.integers(9, 10**6), ("bits must be in",)),
+    ("cluster", "--conv-bits", st.integers(-10**6, 0), ("conv bits must be in",)),
+    ("bench", "--rounds", st.integers(-100, 0), ("rounds must be positive",)),
+    ("bench", "--min-time", st.sampled_from(["-1", "nan", "inf", "-inf"]), ("min time", "'--min-time'")),
+    ("evaluate", "--batch-size", st.integers(-9, 0), ("batch-size must be positive",)),
+    ("quantize", "--calib-size", st.integers(-10**6, 0), ("calibration size must be positive",)),
+    ("export", "--opset", st.integers(22, 10**6), ("opset must be between",)),
 ]
 
 
 @FUZZ
 @given(data=st.data())
-def test_fuzzed_command_lines_are_one_line_errors_that_change_nothing(run, home, data):
-    command, option, values = data.draw(st.sampled_from(BAD_OPTIONS))
+def _fuzzed_command_lines_are_one_line_errors_that_change_nothing(run, home, data):
+    command, option, values, named = data.draw(st.sampled_from(BAD_OPTIONS))
     COUNTS["command lines"] = COUNTS.get("command lines", 0) + 1
     value = str(data.draw(values))
     mode = {"prune": ["--global"], "quantize": ["--static"], "export": ["--onnx"]}.get(command, [])
+    # a new variant's name where the command builds one: the check must refuse the value, not an existing folder
+    options = {o for p in main.commands[command].params for o in getattr(p, "opts", [])}
+    name = ["--name", "fuzz"] if "--name" in options else []
     before = digests(run)
-    result = invoke(command, *mode, option, value, "--run-dir", str(run), "--name", "fuzz", ok=False)
-    one_line_error(result)
+    result = invoke(command, *mode, option, value, "--run-dir", str(run), *name, ok=False)
+    line = one_line_error(result)
+    assert any(fragment in line for fragment in named), (option, value, line)
     assert digests(run) == before
 
 
-def test_fuzz_case_counts(capsys):
-    with capsys.disabled():
-        print(f"\nfuzz cases run: {dict(sorted(COUNTS.items()))} (max {MAX_EXAMPLES} per test)")
-    assert sum(COUNTS.values()) >= MAX_EXAMPLES
+def _cases(fuzz, *fixtures) -> int:
+    """Run a hypothesis-driven check and return how many cases it ran (printed with `pytest -s`)."""
+    before = dict(COUNTS)
+    fuzz(*fixtures)
+    ran = {k: v - before.get(k, 0) for k, v in COUNTS.items() if v != before.get(k, 0)}
+    print(f"\n{fuzz.__name__[1:]}: {sum(ran.values())} cases {dict(sorted(ran.items()))}")
+    return sum(ran.values())
+
+
+def test_hostile_pickles_never_run_as_checkpoints_or_data_files(tmp_path):
+    assert _cases(_hostile_pickles_never_run_as_checkpoints_or_data_files, tmp_path) >= MAX_EXAMPLES
+
+
+def test_fuzzed_model_files_are_errors_never_models(run, tmp_path):
+    assert _cases(_fuzzed_model_files_are_errors_never_models, run, tmp_path) >= MAX_EXAMPLES
+
+
+def test_fuzzed_results_config_and_data_files_are_one_line_errors(run, tmp_path):
+    assert _cases(_fuzzed_results_config_and_data_files_are_one_line_errors, run, tmp_path) >= MAX_EXAMPLES
+
+
+def test_fuzzed_command_lines_are_one_line_errors_that_change_nothing(run, home):
+    assert _cases(_fuzzed_command_lines_are_one_line_errors_that_change_nothing, run, home) >= MAX_EXAMPLES
 
 
 # ---------------------------------------------------------------- kills
