@@ -223,17 +223,24 @@ def test_batch1_times_with_a_predictor_of_known_cost():
 
 
 def test_timing_counts_only_time_inside_predict():
-    ticks = iter(range(0, 1000, 3))  # each predict call spans exactly 3 clock units... of a fake clock
-    clock_values = []
+    """A fake clock that moves by uneven amounts inside each predict call (1, 4, 2, 7, 3 ms) and by other
+    uneven amounts between the calls, while the next input is fetched: only the first may be counted."""
+    now = [0.0]
+    inside = iter([0.001, 0.004, 0.002, 0.007, 0.003])
+    outside = iter([0.05, 0.011, 0.3, 0.02, 0.09, 0.013])
 
-    def clock():
-        value = next(ticks) / 1000
-        clock_values.append(value)
-        return value
+    class Inputs(list):
+        def __getitem__(self, i):
+            now[0] += next(outside)  # fetching an input takes time too, outside the call
+            return super().__getitem__(i)
 
-    times = bench.batch1_times(lambda x: torch.zeros(1, 2), [torch.zeros(1, 3, 32, 32)] * 4, warmup=0, calls=5,
-                               clock=clock)
-    assert times == pytest.approx([3.0] * 5)
+    def predict(x):
+        now[0] += next(inside)
+        return torch.zeros(1, 2)
+
+    times = bench.batch1_times(predict, Inputs([torch.zeros(1, 3, 32, 32)] * 4), warmup=0, calls=5,
+                               clock=lambda: now[0])
+    assert times == pytest.approx([1.0, 4.0, 2.0, 7.0, 3.0])
 
 
 def test_results_name_the_commit_and_say_when_the_code_was_modified(tmp_path):

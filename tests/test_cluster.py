@@ -138,6 +138,61 @@ def test_every_damaged_file_is_an_error_never_a_model(tmp_path):
             codec.decode(case, "t")
 
 
+def _resigned(data: bytes, change) -> bytes:
+    """A container whose header and payload `change(header, payload)` edited, then signed again: damage that
+    the sha256 and length checks cannot see, so only the stream's own validation can refuse it."""
+    import hashlib
+    import json
+
+    n = int.from_bytes(data[len(codec.MAGIC) : len(codec.MAGIC) + 8], "little")
+    start = len(codec.MAGIC) + 8
+    header, payload = json.loads(data[start : start + n]), bytearray(data[start + n + 32 :])
+    payload = change(header, payload)
+    header.update(payload_bytes=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return codec.MAGIC + len(head).to_bytes(8, "little") + head + hashlib.sha256(head).digest() + bytes(payload)
+
+
+def _index_stream(header: dict) -> tuple[dict, int, int]:
+    entry = next(e for e in header["tensors"] if e["kind"] == "shared")
+    return entry, *entry["index"]
+
+
+def _not_a_prefix_code(header, payload):
+    entry, start, _ = _index_stream(header)
+    n = int.from_bytes(payload[start : start + 2], "little")
+    payload[start + 2 : start + 2 + n] = bytes([1] * n)  # every symbol a 1-bit code: more codes than 1 bit holds
+    return payload
+
+
+def _more_bits_than_stored(header, payload):
+    _index_stream(header)[0]["index_bits"] += 64
+    return payload
+
+
+def _stream_cut_short(header, payload):
+    entry, start, length = _index_stream(header)
+    entry["index"] = [start, length - 1]
+    return payload
+
+
+def _fewer_symbols_than_promised(header, payload):
+    entry = _index_stream(header)[0]
+    entry["index_bits"] -= 8 * 2  # the last two bytes' worth of code bits dropped
+    entry["index"][1] -= 2
+    return payload
+
+
+@pytest.mark.parametrize("change", [_not_a_prefix_code, _more_bits_than_stored, _stream_cut_short,
+                                    _fewer_symbols_than_promised])
+def test_a_damaged_huffman_stream_signed_again_is_refused_by_the_stream_checks(change):
+    state = {"w": torch.tensor([0.0, 1.5, -1.5, 0.5, 1.5, 2.5, -0.5] * 40)}
+    data, _ = codec.encode(state, {"w": 3})
+    assert torch.equal(codec.decode(_resigned(data, lambda h, p: p), "t")[0]["w"], state["w"])  # signing is right
+    with pytest.raises(VggtoolError, match="corrupt"):
+        codec.decode(_resigned(data, change), "t")
+
+
 # ---------------------------------------------------------------- the recipe on a tiny run
 def test_codebooks_have_at_most_2_to_the_b_entries_per_layer(run):
     for name, (cb, lb) in (("cluster-c8l5", (8, 5)), ("tuned", (4, 3))):

@@ -355,7 +355,7 @@ import os, signal, sys
 from vggtool import files
 real = files.os.replace
 def replace(src, dst):
-    if str(dst).endswith("last.safetensors") and os.environ.get("KILL_AT_WRITE") == "1":
+    if os.environ.get("KILL_AT_WRITE") and str(dst).endswith(os.environ["KILL_AT_WRITE"]):
         os.kill(os.getpid(), signal.SIGKILL)  # the new file is complete under its temporary name, not yet renamed
     return real(src, dst)
 files.os.replace = replace
@@ -370,7 +370,7 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(session_h
     whole = _vggtool(session_home, "train", *args, "--run-dir", str(tmp_path / "whole"))
     assert whole.wait(timeout=300) == 0, whole.stdout.read()
     run = tmp_path / "killed"
-    env = {**os.environ, "VGGTOOL_HOME": str(session_home), "OMP_NUM_THREADS": "1", "KILL_AT_WRITE": "1"}
+    env = {**os.environ, "VGGTOOL_HOME": str(session_home), "OMP_NUM_THREADS": "1", "KILL_AT_WRITE": "last.safetensors"}
     # a kill inside a checkpoint write: the previous last.safetensors (none yet) stays as it was
     first = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, "train", *args, "--run-dir", str(run)], env=env,
                            cwd=session_home, capture_output=True, text=True, timeout=300)
@@ -431,21 +431,25 @@ def test_bench_resume_states_why_it_cannot(home, run):
     one_line_error(invoke("bench", "--run-dir", str(run), "--resume", ok=False), "interleaved")
 
 
-def test_bench_killed_leaves_the_previous_results_whole(run, session_home):
+def test_bench_killed_inside_its_write_leaves_the_previous_results_whole(run, session_home):
     results = run / "results"
+    bench = ["bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--time-budget", "0",
+             "--min-time", "0.05", "--single-calls", "3", "--warmup", "1"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VGGTOOL_HOME", str(session_home))
-        invoke("bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--time-budget", "0",
-               "--min-time", "0.05",
-               "--single-calls", "3", "--warmup", "1")
+        invoke(*bench)
     before = digests(results)
-    job = _vggtool(session_home, "bench", "--run-dir", str(run), "--rounds", "3")
-    time.sleep(4)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    after = digests(results)
-    assert after == before or load_results(results)["rows"]  # the old files, or new complete ones
+    env = {**os.environ, "VGGTOOL_HOME": str(session_home), "OMP_NUM_THREADS": "1", "KILL_AT_WRITE": "results.json"}
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, *bench], env=env, cwd=session_home,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr  # killed with the new file unrenamed
+    assert {k: v for k, v in digests(results).items() if not k.startswith(".")} == before
+    assert [p for p in results.iterdir() if p.name.startswith(".")]  # the complete new file, under its temporary name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGTOOL_HOME", str(session_home))
+        invoke("report", "--run-dir", str(run))  # the next writer clears the dead one's litter
     assert not [p for p in results.iterdir() if p.name.startswith(".")]
+    assert digests(results)["results.json"] == before["results.json"]
 
 
 def test_ctrl_c_ends_training_with_one_line_and_exit_130(session_home, tmp_path):

@@ -13,6 +13,8 @@ from torch import nn
 
 from vggtool import checkpoint
 from vggtool import compress as c
+from vggtool.compress.pruning import L1Prune
+from vggtool.compress.quant_torch import QatQuant
 from vggtool.compress.structured import StructuredPrune
 from vggtool.data import batches, load_splits
 from vggtool.errors import VggtoolError
@@ -225,3 +227,34 @@ def test_recipe_validation():
         StructuredPrune(importance="taylor")
     with pytest.raises(VggtoolError, match="steps"):
         StructuredPrune(steps=0)
+
+
+@pytest.mark.parametrize("recipe", [
+    StructuredPrune(amount=0.3, distill=True, finetune_epochs=1, temperature=2.0, distill_weight=0.5),
+    QatQuant(distill=True, finetune_epochs=1, temperature=2.0, distill_weight=0.5),
+    L1Prune("global", 0.5, distill=True, finetune_epochs=1, temperature=2.0, distill_weight=0.5),
+], ids=lambda r: type(r).__name__)
+def test_distilling_recipes_fine_tune_with_the_parents_kd_term(trained_run, recipe):
+    """Every recipe that distils hands fine-tuning the KD term of its parent (and without --distill, none)."""
+    import dataclasses
+
+    from vggtool.compress.artifact import source_from_checkpoint
+
+    source = source_from_checkpoint(trained_run / "best.safetensors")
+    x = torch.rand(4, 3, 32, 32)
+    student = torch.randn(4, source.spec.num_classes)
+    expected = distillation(source.model, recipe.temperature, recipe.distill_weight)(x, student)
+    given = []
+
+    def finetune(model, epochs, lr, schedule, extra_loss=None, float32=False):
+        given.append(extra_loss)
+        return {"epochs": epochs, "history": []}
+
+    ctx = c.Context(finetune=finetune)
+    c.apply(recipe, source, ctx, None)
+    assert len(given) == 1 and given[0] is not None
+    assert float(given[0](x, student)) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
+    plain = dataclasses.replace(recipe, distill=False)
+    given.clear()
+    c.apply(plain, source, ctx, None)
+    assert given == [None]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vggtool.errors import VggtoolError
-from vggtool.files import write_bytes, write_json, write_text
+from vggtool.files import remove_stale_temporaries, write_bytes, write_json, write_text
 
 RESULTS_JSON, RESULTS_CSV, REPORT_MD = "results.json", "results.csv", "REPORT.md"
 PLOT_TRADEOFF, PLOT_SIZE = "error_vs_latency.png", "size.png"
@@ -706,6 +706,7 @@ def _save(fig, path: Path) -> None:
 def render_all(results: dict, folder: Path, copy_to: Path | None = None) -> list[Path]:
     """REPORT.md and plots from `results`; optionally copied to another folder too."""
     folder = Path(folder)
+    remove_stale_temporaries(folder)  # what a killed bench or report left under temporary names
     write_text(folder / REPORT_MD, render_markdown(results))
     written = [folder / REPORT_MD, *plot(results, folder)]
     if copy_to is not None:
