@@ -14,11 +14,13 @@ NPROC        ?= 1
 CPUS         ?= 0-1
 THREADS      ?= 2
 BENCH_ARGS   ?=
+REAL_MODEL   ?= ../shared/models/vgg19_bn-cifar100/vgg19_bn-cifar100-20ep-bf16cpu.fp16.safetensors
+REAL_RUN     ?= runs/vgg19-real
 IMAGE        ?= vggtool
 CPU_IMAGE    ?= vggtool:cpu
 DOCKER_RUN   ?= docker run --rm -v "$(CURDIR)":/workspace
 
-.PHONY: help install data train evaluate compress bench report all test lint \
+.PHONY: help install data train evaluate compress bench report all real-study test lint \
         docker-build docker-cpu-build docker-all docker-bench
 
 help: ## Show this list of targets
@@ -64,6 +66,12 @@ all: ## The whole study: data, train, compress, bench, report
 	$(MAKE) compress
 	$(MAKE) bench
 	$(MAKE) report
+
+real-study: $(INSTALLED) ## The study on a trained VGG19-BN (REAL_MODEL): the report's eight and --set full-size, one bench, results/vgg19-cifar100
+	test -f $(REAL_RUN)/best.safetensors || $(VGGTOOL) import $(REAL_MODEL) --run-dir $(REAL_RUN)
+	$(VGGTOOL) compress --run-dir $(REAL_RUN) --set report --set full-size
+	$(VGGTOOL) bench --run-dir $(REAL_RUN) --cpus $(CPUS) --threads $(THREADS) --quick --accuracy-images 0 $(BENCH_ARGS)
+	$(VGGTOOL) report --run-dir $(REAL_RUN) --copy-to results/vgg19-cifar100
 
 test: $(INSTALLED) ## Run the test suite (tiny models, generated data, CPU only; installs $(VENV) first if missing)
 	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,34 @@
+"""Named studies that span the families: sets of registered variants built by one
+`vggtool compress --set NAME` (a rerun builds only what is missing).
+
+`full-size` is the study on a trained full-size VGG19-BN within one session on a
+2-core CPU (`make real-study`): the report's eight come from `--set report`; this
+set adds int8 on the x86 (oneDNN) engine, ONNX Runtime int8, structured pruning
+of half and of 70% of the parameters distilled from the unpruned parent and
+stacked with each int8 path, QAT, and the Deep Compression pipeline. Its
+fine-tuning epochs are sized for that budget (bf16 where the CPU has it, about 3
+minutes an epoch of the full model on an AVX-512 BF16 EPYC): fewer than the
+`beyond` and `deep-compression` sets, which are meant for GPUs or small models.
+"""
+
+from __future__ import annotations
+
+from vggtool.compress.base import register, register_stack
+from vggtool.compress.cluster import WeightSharing
+from vggtool.compress.pruning import L1Prune
+from vggtool.compress.quant_onnx import OnnxInt8
+from vggtool.compress.quant_torch import QatQuant, StaticQuant
+from vggtool.compress.structured import StructuredPrune
+
+FULL_SIZE = ("full-size",)
+INT8 = (StaticQuant(fuse=True), StaticQuant(fuse=True, engine="x86"), OnnxInt8())
+
+register(*INT8, QatQuant(finetune_epochs=1), sets=FULL_SIZE)
+for _pruned in (StructuredPrune(amount=0.5, distill=True, finetune_epochs=2),
+                StructuredPrune(amount=0.7, distill=True, finetune_epochs=8)):
+    register(_pruned)
+    for _int8 in INT8:
+        register_stack(_pruned.name, _int8.name, sets=FULL_SIZE)
+_SPARSE = L1Prune("global", 0.9, linear_amount=0.97, finetune_epochs=2)
+register(_SPARSE, WeightSharing(8, 5))
+register_stack(_SPARSE.name, WeightSharing(8, 5).name, sets=FULL_SIZE)
