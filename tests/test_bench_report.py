@@ -580,3 +580,28 @@ def test_the_report_states_each_fine_tuning_its_epochs_precision_and_minutes():
     assert "| `prune-global-0.6` | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
     assert "| `static-int8` | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section
     assert "## Fine-tuning" not in report.render_markdown(fixture())
+
+
+def test_the_summary_names_the_fastest_and_smallest_within_one_point_of_the_baseline():
+    def row(name, top1, b1, batch, size):
+        return {"variant": name, "method": name.title(), "type": "int8", "status": "ok", "top1_err": top1,
+                "top5_err": 0.1, "b1_speedup": b1, "batch_speedup": batch, "size_mb": size, "b1_ms_median": 10.0 / b1,
+                "batch_ms": 4.0 / batch}
+
+    rows = [row("baseline", 0.400, 1.0, 1.0, 160.0), row("quick-but-wrong", 0.420, 30.0, 30.0, 1.0),
+            row("fast-b1", 0.405, 12.0, 5.0, 40.0), row("fast-batch", 0.409, 8.0, 9.0, 30.0),
+            row("tiny", 0.410, 1.1, 1.0, 3.2)]
+    lines = report._summary(rows, 16, {"cpu_model": "Test CPU", "cpu_flags": "avx2"})[2].splitlines()
+    assert lines == [
+        "- **Baseline** `baseline`: top-1 / top-5 error 0.400 / 0.100, 10.00 ms per image at batch 1, 4.00 at batch 16, "
+        "160.00 MB.",
+        "- **Fastest at batch 1** within 1 point: `fast-b1` (Fast-B1), top-1 error 0.405 (+0.5 points), 12.00x at "
+        "batch 1, 5.00x at batch 16, 40.00 MB (4.0x smaller).",
+        "- **Fastest at batch 16** within 1 point: `fast-batch` (Fast-Batch), top-1 error 0.409 (+0.9 points), 8.00x at "
+        "batch 1, 9.00x at batch 16, 30.00 MB (5.3x smaller).",
+        "- **Smallest** within 1 point: `tiny` (Tiny), top-1 error 0.410 (+1.0 points), 1.10x at batch 1, 1.00x at "
+        "batch 16, 3.20 MB (50.0x smaller).",
+    ]
+    assert report._summary([rows[0], rows[1]], 16, {})[2].splitlines()[1:] == [
+        f"- **{t}**: no variant within 1 point of the baseline's error."
+        for t in ("Fastest at batch 1", "Fastest at batch 16", "Smallest")]

@@ -213,6 +213,7 @@ def render_markdown(results: dict) -> str:
         "# VGG compression report",
         about + f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from "
         "results.json. No figure here is typed by hand.",
+        *_summary(ok, settings["batch_size"], env),
         "## Results (the report's table)",
         f"Errors over {images} test images"
         + (f", a class-balanced subset of the {subject['test_images']} (`--accuracy-images`: the first images of "
@@ -461,6 +462,42 @@ def _stored_size(ok: list[dict]) -> list[str]:
             "is that file's bytes. Beside it, what the decoded dense model takes as `torch.save(state_dict)` (the "
             "report's measure) and zlib-compressed, so no row looks smaller than what is on disk. Errors are "
             "measured on the model decoded from the stored file.", table]
+
+
+SUMMARY_POINTS = 1.0  # the summary's accuracy budget: top-1 error at most this many points above the baseline's
+
+
+def _summary(ok: list[dict], batch: int, env: dict) -> list[str]:
+    """The report in a few lines: the baseline, then the fastest variant at batch 1 and at `batch`, and the
+    smallest, each among those within SUMMARY_POINTS of the baseline's top-1 error."""
+    base = next((r for r in ok if r["variant"] == "baseline"), None)
+    if base is None or base.get("top1_err") is None:
+        return []
+    budget = base["top1_err"] + SUMMARY_POINTS / 100
+    within = [r for r in ok if r["variant"] != "baseline" and r.get("top1_err") is not None
+              and r["top1_err"] <= budget + 1e-12]
+
+    def figures(r: dict) -> str:
+        return (f"top-1 error {r['top1_err']:.3f} ({_points(r, base)} points), {_speedup(r, 'b1', 'x')} at batch 1, "
+                f"{_speedup(r, 'batch', 'x')} at batch {batch}, {r['size_mb']:.2f} MB "
+                f"({base['size_mb'] / r['size_mb']:.1f}x smaller)")
+
+    lines = [f"- **Baseline** `baseline`: top-1 / top-5 error {base['top1_err']:.3f} / {base['top5_err']:.3f}, "
+             f"{_fmt(base.get('b1_ms_median'), '.2f')} ms per image at batch 1, {_fmt(base.get('batch_ms'), '.2f')} at "
+             f"batch {batch}, {base['size_mb']:.2f} MB."]
+    for title, key in (("Fastest at batch 1", "b1_speedup"), (f"Fastest at batch {batch}", "batch_speedup"),
+                       ("Smallest", "size_mb")):
+        ranked = [r for r in within if r.get(key) is not None]
+        if not ranked:
+            lines.append(f"- **{title}**: no variant within {SUMMARY_POINTS:g} point of the baseline's error.")
+            continue
+        best = min(ranked, key=lambda r: r[key]) if key == "size_mb" else max(ranked, key=lambda r: r[key])
+        lines.append(f"- **{title}** within {SUMMARY_POINTS:g} point: `{best['variant']}` ({best['method']}), "
+                     + figures(best) + ".")
+    return ["## Summary",
+            f"Speed-ups are over the baseline in the same bench, on {env.get('cpu_model', '?')} (CPU flags "
+            f"`{env.get('cpu_flags', '?')}`); errors on the test split.",
+            "\n".join(lines)]
 
 
 def _points(row: dict, base: dict | None) -> str:
