@@ -313,7 +313,20 @@ def test_report_markdown_matches_golden(naming):
 
 @pytest.mark.parametrize("naming", [fixture, lambda: renamed(fixture())], ids=["b16 fields", "batch fields"])
 def test_console_table_matches_golden(naming):
-    assert report.render_console(naming(), width=140) == (FIXTURES / "console.golden.txt").read_text()
+    assert report.render_console(naming(), width=100) == (FIXTURES / "console.golden.txt").read_text()
+
+
+def test_the_console_table_keeps_every_figure_whole_at_100_columns_with_long_names():
+    results = renamed(fixture())
+    results["rows"][4]["variant"] = "structured-0.7-kd-finetuneepochs8+static-int8-fused-enginex86"
+    out = report.render_console(results, width=100)
+    assert max(len(line) for line in out.splitlines()) <= 100 and "…" not in out
+    for r in results["rows"]:
+        if r["status"] == "ok":
+            row = next(line for line in out.splitlines() if line.startswith(f"│ {r['variant'][:26]} "))
+            for figure in (f"{r['batch_ms']:.2f}", f"{r['batch_speedup']:.2f}", f"{r['b1_ms_median']:.2f}",
+                           f"{r['b1_speedup']:.2f}", f"{r['size_mb']:.2f}"):
+                assert f" {figure} " in row, (figure, row)
 
 
 def test_batched_columns_are_titled_with_the_batch_size():

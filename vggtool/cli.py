@@ -38,7 +38,7 @@ class FiniteFloat(click.ParamType):
 FINITE = FiniteFloat()
 
 # Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 100)
 
 
 class Group(click.Group):
