@@ -48,19 +48,6 @@ def use_engine(engine: str) -> None:
     torch.backends.quantized.engine = engine
 
 
-def on_engine(model: nn.Module, engine: str) -> nn.Module:
-    """The quantized model in eval mode, selecting its own kernel library before every call: the engine is
-    one global setting of torch, and a model packed for x86 (oneDNN) must not run through fbgemm's kernels,
-    or the other way round, when variants of both are benched side by side."""
-    use_engine(engine)
-
-    def select(module, inputs):
-        torch.backends.quantized.engine = engine
-
-    model.register_forward_pre_hook(select)
-    return model.eval()
-
-
 def dynamic(model: nn.Module, dtype: str, engine: str = "fbgemm") -> nn.Module:
     """Dynamic quantization of the Linear layers, as the report did."""
     from torch.ao.quantization import quantize_dynamic

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vggtool import quant_ao
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, finalize, register, skeleton
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, register, skeleton
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.models import build_model
@@ -171,13 +171,6 @@ def _(recipe: DynamicQuant, spec):
 @skeleton.register
 def _(recipe: StaticQuant, spec):
     return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)
-
-
-@finalize.register(DynamicQuant)
-@finalize.register(StaticQuant)
-@finalize.register(QatQuant)
-def _(recipe, model):
-    return quant_ao.on_engine(model, recipe.engine)  # runs on the kernels it was packed for, whatever else is loaded
 
 
 register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True),
