@@ -585,13 +585,15 @@ def test_the_report_states_each_fine_tuning_its_epochs_precision_and_minutes():
     results["finetune"] = {
         "prune-global-0.6": {"history": [{"epoch": 0, "precision": "bf16", "seconds": 150.0, "val_top1_err": 0.41},
                                          {"epoch": 1, "precision": "bf16", "seconds": 90.0, "val_top1_err": 0.40}]},
-        "static-int8": [{"history": [{"epoch": 0, "precision": "fp32", "seconds": 30.0, "val_top1_err": 0.5}]},
+        "static-int8": [{"history": [{"epoch": 0, "precision": "fp32", "seconds": 30.0, "val_top1_err": 0.4}]},
                         {"history": [{"epoch": 0, "precision": "fp32", "seconds": 60.0, "val_top1_err": 0.45}]}],
+        "dynamic-int8": {"history": [{"epoch": 0, "val_top1_err": 0.5}]},  # written before precision and seconds
     }
     md = report.render_markdown(results)
     section = md.split("## Fine-tuning")[1].split("\n## ")[0]
     assert "| `prune-global-0.6` | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
-    assert "| `static-int8` | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section
+    assert "| `static-int8` | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section  # the last round's best was kept
+    assert "| `dynamic-int8` | 1 | ? | - | 0.500 | 0.333 |" in section
     assert "## Fine-tuning" not in report.render_markdown(fixture())
 
 

@@ -117,3 +117,25 @@ def test_a_float16_vgg_imports_into_float32(home, tmp_path, trained_run):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     ref = state["features.0.weight"]
     assert torch.allclose(model.state_dict()["features.0.weight"], ref, atol=1e-3 * ref.abs().max().item())
+
+
+def test_a_run_resumes_only_in_the_precision_it_began_in(splits, tmp_path, monkeypatch):
+    from vggtool.errors import VggtoolError
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    cfg = resolve("quick", **SMALL, epochs=2, device="cpu")
+    train(resolve("quick", **SMALL, epochs=1, device="cpu"), splits, tmp_path)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)  # the same run, resumed where auto now means bf16
+    before = (tmp_path / METRICS).read_text()
+    with pytest.raises(VggtoolError, match="trained in fp32 so far and would go on in bf16 here: resume with --amp off"):
+        train(cfg, splits, tmp_path, resume=True)
+    assert (tmp_path / METRICS).read_text() == before
+    train(resolve("quick", **SMALL, epochs=2, device="cpu", amp="off"), splits, tmp_path, resume=True)
+    assert [json.loads(line)["precision"] for line in (tmp_path / METRICS).read_text().splitlines()] == ["fp32"] * 2
+
+
+def test_configs_saved_before_the_auto_memory_format_still_load():
+    from vggtool.config import TrainConfig
+
+    assert TrainConfig.from_dict({"channels_last": True}).channels_last == "on"
+    assert TrainConfig.from_dict({"channels_last": False}).channels_last == "off"

@@ -112,6 +112,10 @@ def test_qat_and_onnx_int8_are_benched_and_reported(quantized, home, tmp_path):
     assert all(r["status"] == "ok" and r["batch_ms"] > 0 for r in rows.values())
     base = rows["baseline"]["top1_err"]
     assert rows["onnx-int8"]["top1_err"] <= base + 0.1 and rows["qat-int8-kd-finetuneepochs2"]["top1_err"] <= base + 0.2
+    # each row names the engine its torch int8 weights were packed for; other runtimes have none
+    assert [rows[n]["engine"] for n in ("baseline", "onnx-int8", "qat-int8-kd-finetuneepochs2")] == [None, None, "fbgemm"]
+    # the fine-tuning section states QAT's epochs in float32, whatever the CPU offers
+    assert "| `qat-int8-kd-finetuneepochs2` | 2 | fp32 |" in (tmp_path / "REPORT.md").read_text()
     report = (tmp_path / "REPORT.md").read_text()
     assert "ONNX Runtime Static (minmax)" in report and "Quantization-Aware Training (KD)" in report
     assert "## int8 sensitivity per layer of `onnx-int8`" in report

@@ -248,6 +248,7 @@ def test_distilling_recipes_fine_tune_with_the_parents_kd_term(trained_run, reci
 
     def finetune(model, epochs, lr, schedule, extra_loss=None, float32=False):
         given.append(extra_loss)
+        assert float32 is isinstance(recipe, QatQuant)  # QAT alone asks for float32 (fake-quant refuses bf16)
         return {"epochs": epochs, "history": []}
 
     ctx = c.Context(finetune=finetune)

@@ -45,7 +45,6 @@ class BenchSettings:
     warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
     single_calls: int = 3  # the fewest timed batch-1 calls a block
     latency_images: int = 0  # 0: the whole test split, as the report
-    engine: str = "fbgemm"
     protocol: str = "time"  # time: whole batches until min_time; report: every timed image once
     min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
     repeat_check: bool = False  # measure everything twice and state how far the speed-ups moved
@@ -97,9 +96,6 @@ def apply_settings(settings: BenchSettings) -> None:
             raise VggtoolError(f"cannot pin to CPUs {list(settings.cpus)}: {e}") from None
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    from vggtool.quant_ao import use_engine
-
-    use_engine(settings.engine)
 
 
 def git_commit(where: Path | None = None) -> str:
@@ -133,7 +129,6 @@ def environment(settings: BenchSettings) -> dict:
         **cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "affinity": ",".join(map(str, affinity)),
-        "quantized_engine": torch.backends.quantized.engine,
         **versions(),
         "git_commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -716,7 +711,7 @@ ROW_FIELDS = [
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
     "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
-    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi",
+    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi", "engine",
 ]
 
 
@@ -732,7 +727,8 @@ def _base_row(e: _Entry) -> dict:
                    nonzero_params=f.get("nonzero_float_params"), sparsity_conv=f.get("sparsity_conv"),
                    sparsity_all=f.get("sparsity_conv_linear"), macs=macs(e.variant.spec),
                    arch_params=param_count(e.variant.spec), state_dict_mb=f.get("state_dict_mb"),
-                   dense_zlib_mb=f["dense_zlib_bytes"] / 1e6 if "dense_zlib_bytes" in f else None)
+                   dense_zlib_mb=f["dense_zlib_bytes"] / 1e6 if "dense_zlib_bytes" in f else None,
+                   engine=meta.get("recipe", {}).get("params", {}).get("engine"))  # torch int8: what it was packed for
     return row
 
 

@@ -477,7 +477,7 @@ def export_cmd(onnx_, opset, **common):
 @click.option("--variant", "names", multiple=True,
               help="Build these registered variants (repeatable; A+B chains B onto A) [default: --set report].")
 @click.option("--set", "set_names", multiple=True,
-              help="Build every variant of a named set: report, beyond, deep-compression (repeatable).")
+              help="Build every variant of a named set: report, beyond, deep-compression, full-size (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the registered variants, chains and sets, and exit.")
 @click.option("--force", is_flag=True,
               help="Rebuild variants that already exist (not the parents a chain reuses); without it they are kept.")
@@ -572,14 +572,13 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
               help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
 @click.option("--repeat-check", is_flag=True,
               help="Measure everything twice and state the largest difference between the two passes' speed-ups.")
-@click.option("--engine", default="fbgemm", show_default=True, help="Quantized engine for torch variants.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
 @click.option("--resume", is_flag=True,
               help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
 def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, loads, fresh_process, warmup,
               protocol,
-              min_time, single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check, engine,
+              min_time, single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check,
               results_dir, resume):
     """Measure every variant: error, ms/image (report protocol and batch 1), size.
 
@@ -618,9 +617,10 @@ def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_
         min_time = 0.03 if quick else 0.2
     if time_budget is None:
         time_budget = 300.0 if quick else 600.0
-    settings = BenchSettings(threads, parse_cpus(cpus), batch_size, rounds, warmup, single_calls, latency_images,
-                             engine, protocol, min_time, repeat_check, accuracy_images, idle_gap, time_budget, loads,
-                             fresh_process)
+    settings = BenchSettings(threads=threads, cpus=parse_cpus(cpus), batch_size=batch_size, rounds=rounds,
+                             warmup=warmup, single_calls=single_calls, latency_images=latency_images, protocol=protocol,
+                             min_time=min_time, repeat_check=repeat_check, accuracy_images=accuracy_images,
+                             idle_gap=idle_gap, time_budget=time_budget, loads=loads, fresh_process=fresh_process)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after

@@ -3,6 +3,7 @@ so measurements record it and quantizers choose by it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 WANTED = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
 
 
+@functools.cache  # read once a process: training asks every step's precision
 def _read() -> tuple[str, set[str]]:
     model, flags = platform.processor() or "unknown", set()
     try:

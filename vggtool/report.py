@@ -353,7 +353,7 @@ def compare(first: dict, second: dict) -> dict:
            "passes": [2 if x.get("repeat_check") else 1 for x in (first, second)],
            "baseline_ms": _baseline_ms(a.get("baseline"), b.get("baseline")),
            "skipped": sorted(set(a) ^ set(b)),
-           "settings_differ": [k for k in ("batch_size", "protocol", "threads", "cpus", "engine", "latency_images")
+           "settings_differ": [k for k in ("batch_size", "protocol", "threads", "cpus", "latency_images")
                                if first["settings"].get(k) != second["settings"].get(k)]}
     return out
 
@@ -503,7 +503,7 @@ def _summary(ok: list[dict], batch: int, env: dict) -> list[str]:
                      + figures(best) + ".")
     return ["## Summary",
             f"Speed-ups are over the baseline in the same bench, on {env.get('cpu_model', '?')} (CPU flags "
-            f"`{env.get('cpu_flags', '?')}`); errors on the test split.",
+            f"`{env.get('cpu_flags', '?')}`); errors on {ok[0].get('images_accuracy') or 'the'} test images.",
             "\n".join(lines)]
 
 
@@ -522,14 +522,17 @@ def _finetuning(tunings: dict[str, dict | list[dict]], ok: list[dict]) -> list[s
     errors = {r["variant"]: r.get("top1_err") for r in ok}
     rows = []
     for variant, runs in tunings.items():
-        history = [e for run in (runs if isinstance(runs, list) else [runs]) for e in run["history"]]
-        rows.append([f"`{variant}`", str(len(history)), ", ".join(sorted({e.get("precision", "fp32") for e in history})),
-                     f"{sum(e.get('seconds', 0) for e in history) / 60:.1f}",
-                     _fmt(min((e["val_top1_err"] for e in history if "val_top1_err" in e), default=None), ".3f"),
+        runs = runs if isinstance(runs, list) else [runs]  # iterative pruning: one fine-tuning per round
+        history = [e for run in runs for e in run["history"]]
+        seconds = [e.get("seconds") for e in history]
+        kept = [e["val_top1_err"] for e in runs[-1]["history"] if "val_top1_err" in e]  # the last round's best is kept
+        rows.append([f"`{variant}`", str(len(history)), ", ".join(sorted({e.get("precision", "?") for e in history})),
+                     "-" if None in seconds else f"{sum(seconds) / 60:.1f}", _fmt(min(kept, default=None), ".3f"),
                      _fmt(errors.get(variant), ".3f")])
     return ["## Fine-tuning",
             "Each variant's own fine-tuning on the training split (the best epoch on validation kept): its epochs, "
-            "the precision of its training steps and the minutes they took on the machine that built it.",
+            "the precision of its training steps and the minutes they took on the machine that built it (network "
+            "slimming's epochs, if any, are not counted).",
             _md_table(["Variant", "Epochs", "Precision", "Training minutes", "Best val top-1 err", "Test top-1 err"],
                       rows, ["-"] + [":-:"] * 5)]
 

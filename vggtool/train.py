@@ -108,11 +108,12 @@ def _save_last(run_dir: Path, model, optimizer, cfg: TrainConfig, spec: ArchSpec
         state["rng.cuda"] = torch.cuda.get_rng_state()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
     meta = {"kind": "training-state", "epoch": epoch, "config": cfg.to_dict(), "spec": spec.to_dict(),
-            "best": best, "param_groups": groups, "world_size": world_size}
+            "best": best, "param_groups": groups, "world_size": world_size,
+            "precision": precision(cfg, next(model.parameters()).device)}
     checkpoint.save(run_dir / LAST, state, meta)
 
 
-def _load_last(run_dir: Path, model, optimizer) -> tuple[int, dict]:
+def _load_last(run_dir: Path, model, optimizer) -> tuple[int, dict, str | None]:
     state, meta = checkpoint.read(run_dir / LAST)
     if meta.get("kind") != "training-state":
         raise VggtoolError(f"{run_dir / LAST} is not a vggtool training checkpoint")
@@ -129,7 +130,7 @@ def _load_last(run_dir: Path, model, optimizer) -> tuple[int, dict]:
     torch.set_rng_state(state["rng.torch"])
     if "rng.cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng.cuda"])
-    return meta["epoch"], meta["best"]
+    return meta["epoch"], meta["best"], meta.get("precision")
 
 
 def saved_config(run_dir: Path) -> TrainConfig:
@@ -256,7 +257,9 @@ def _train(cfg: TrainConfig, splits: Splits, run_dir: Path, resume: bool, observ
     if resume:
         if not (run_dir / LAST).exists():
             raise VggtoolError(f"nothing to resume: {run_dir / LAST} does not exist")
-        start_epoch, best = _load_last(run_dir, model, optimizer)
+        start_epoch, best, trained_in = _load_last(run_dir, model, optimizer)
+        _same_precision(trained_in or ("fp32" if device.type == "cpu" else precision(cfg, device)),
+                        precision(cfg, device), run_dir)
         start_epoch += 1
         if world.main:
             _truncate_metrics(run_dir / METRICS, start_epoch)
@@ -293,6 +296,15 @@ def _train(cfg: TrainConfig, splits: Splits, run_dir: Path, resume: bool, observ
         world.barrier()  # the checkpoint of this epoch exists before any process goes on
         observer.epoch_end(record)
     return TrainResult(run_dir, best["epoch"], best_val, cfg.epochs - start_epoch)
+
+
+def _same_precision(trained_in: str, now: str, run_dir: Path) -> None:
+    """A resumed run goes on in the precision it began in, so that it ends as an uninterrupted one would
+    (checkpoints before precision was recorded trained in float32 on a CPU)."""
+    if trained_in != now:
+        flag = {"fp32": "off"}.get(trained_in, trained_in)
+        raise VggtoolError(f"{run_dir} trained in {trained_in} so far and would go on in {now} here: "
+                           f"resume with --amp {flag}")
 
 
 def _grad_scaler(enabled: bool):
@@ -363,7 +375,8 @@ def finetune_config(cfg: TrainConfig, epochs: int, lr: float, schedule: str = "o
                     amp: str | None = None) -> TrainConfig:
     """A run's training settings turned into a fine-tuning schedule: `epochs` of
     `schedule` peaking at `lr`, contiguous memory (pruning masks are hooks on the
-    weights and keep their own layout), in the run's precision unless `amp` says another."""
+    weights and keep their own layout), in the run's precision unless `amp` says another;
+    the run's regularisation (weight decay, label smoothing, augmentation) stays."""
     return replace(cfg, epochs=epochs, lr=lr, schedule=schedule, warmup_epochs=0, channels_last="off",
                    lr_scaling="none", compile=False, sync_bn=False, amp=amp or cfg.amp)
 
