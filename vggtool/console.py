@@ -91,8 +91,14 @@ class TrainDisplay:
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], justify_right: Sequence[bool] | None = None) -> Table:
     rows = [[str(v) for v in r] for r in rows]
     t = Table(title=title)
+    figures = bool(justify_right and any(justify_right))
     for i, c in enumerate(columns):
-        first = {"no_wrap": True, "min_width": max([len(c)] + [len(r[0]) for r in rows])} if i == 0 else {}
+        if i == 0:  # names whole on one line; in a table of figures a long one folds, so no figure is cut
+            longest = max([len(c)] + [len(r[0]) for r in rows])
+            first = {"overflow": "fold", "min_width": min(longest, 22), "max_width": 22} if figures else {
+                "no_wrap": True, "min_width": longest}
+        else:
+            first = {"overflow": "fold"} if figures else {}
         t.add_column(c, justify="right" if (justify_right and justify_right[i]) else "left", **first)
     for r in rows:
         t.add_row(*r)

@@ -47,7 +47,7 @@ def _fmt(value, spec: str) -> str:
 
 def variant_figure_rows(metas: dict[str, dict]):
     """Columns, rows and right-justification for the figures known at build time."""
-    columns = ["variant", "size MB", "file MB", "zlib MB", "sparsity conv", "sparsity all", "ONNX max|d| / top-1 agree"]
+    columns = ["variant", "size MB", "file MB", "zlib MB", "zeros conv", "zeros all", "ONNX |d| / agree"]
     rows = []
     for name, meta in metas.items():
         f = meta["figures"]
