@@ -8,7 +8,8 @@ of half and of 70% of the parameters distilled from the unpruned parent and
 stacked with each int8 path, QAT, and the Deep Compression pipeline. Its
 fine-tuning epochs are sized for that budget (bf16 where the CPU has it): 2 for
 half the parameters removed, 8 for 70%, 1 of QAT (float32), 2 before weight
-sharing, where the `beyond` and `deep-compression` sets fine-tune 5 (3 for QAT).
+sharing (shared at 8/5, 7/4 and 6/4 bits), where the `beyond` and `deep-compression` sets fine-tune 5
+(3 for QAT).
 """
 
 from __future__ import annotations
@@ -30,5 +31,7 @@ for _pruned in (StructuredPrune(amount=0.5, distill=True, finetune_epochs=2),
     for _int8 in INT8:
         register_stack(_pruned.name, _int8.name, sets=FULL_SIZE)
 _SPARSE = L1Prune("global", 0.9, linear_amount=0.97, finetune_epochs=2)
-register(_SPARSE, WeightSharing(8, 5))
-register_stack(_SPARSE.name, WeightSharing(8, 5).name, sets=FULL_SIZE)
+register(_SPARSE)
+for _bits in ((8, 5), (7, 4), (6, 4)):  # the paper's 8/5 bits, and fewer: how far sharing goes before error rises
+    register(WeightSharing(*_bits))
+    register_stack(_SPARSE.name, WeightSharing(*_bits).name, sets=FULL_SIZE)
