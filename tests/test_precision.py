@@ -117,6 +117,13 @@ def test_a_float16_vgg_imports_into_float32(home, tmp_path, trained_run):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     ref = state["features.0.weight"]
     assert torch.allclose(model.state_dict()["features.0.weight"], ref, atol=1e-3 * ref.abs().max().item())
+    # a bench of the imported run describes its baseline by the file it came from, not by default settings
+    from vggtool.bench import describe
+    from vggtool.runs import Run
+
+    assert describe(Run(tmp_path / "imported")) == {"run": "imported", "arch": "vgg11_bn", "width": 0.125,
+                                                     "imported_from": "tiny.fp16.safetensors", "epochs": None}
+    assert describe(Run(trained_run))["epochs"] == 3 and "imported_from" not in describe(Run(trained_run))
 
 
 def test_a_run_resumes_only_in_the_precision_it_began_in(splits, tmp_path, monkeypatch):

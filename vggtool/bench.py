@@ -747,8 +747,24 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings,
     results = bench({n: run.variants_dir / n for n in names}, test, settings, on_progress, on_row)
     # the whole measurement (data, loads, scoring, timing), so "under N minutes" is the tool's own figure
     results["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
-    cfg = run.config()
-    results["subject"] = {"run": run.path.name, "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs,
-                          "data": "synthetic stand-in" if is_synthetic(data_dir) else "CIFAR-100",
+    results["subject"] = {**describe(run), "data": "synthetic stand-in" if is_synthetic(data_dir) else "CIFAR-100",
                           "test_images": len(test)}
     return results
+
+
+def describe(run) -> dict:
+    """What the run's baseline is: its architecture (from the checkpoint), and the epochs it was trained for
+    here, or the file it was imported from (an imported run has no training config of its own)."""
+    from vggtool import checkpoint
+    from vggtool.runs import CONFIG
+
+    about = {"run": run.path.name}
+    meta = checkpoint.read(run.baseline)[1] if run.baseline.exists() else {}
+    cfg = run.config()
+    spec = meta.get("spec", {})
+    about.update(arch=spec.get("arch", cfg.arch), width=spec.get("width", cfg.width))
+    if meta.get("imported_from"):
+        about.update(imported_from=Path(meta["imported_from"]).name, epochs=None)
+    else:
+        about.update(epochs=cfg.epochs if (run.path / CONFIG).exists() else None)
+    return about

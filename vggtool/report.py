@@ -213,9 +213,11 @@ def render_markdown(results: dict) -> str:
     images = ok[0]["images_accuracy"] if ok else 0
     lat_images = ok[0]["images_latency"] if ok else 0
     subject = results.get("subject")
-    about = (f"Model: `{subject['arch']}` at width {subject['width']}, trained {subject['epochs']} epochs (run "
-             f"`{subject['run']}`); data: {subject['data']} test split, {subject['test_images']} images. "
-             if subject else "")
+    about = (f"Model: `{subject['arch']}` at width {subject['width']}, " + (
+        f"imported from `{subject['imported_from']}`" if subject.get("imported_from") else
+        f"trained {subject['epochs']} epochs" if subject.get("epochs") else "trained elsewhere")
+        + f" (run `{subject['run']}`); data: {subject['data']} test split, {subject['test_images']} images. "
+        if subject else "")
     parts = [
         "# VGG compression report",
         about + f"Measured by `vggtool bench` on {env.get('date', '?')}; rendered by `vggtool report` from "
