@@ -11,8 +11,9 @@ from vggtool import cpu
 from vggtool.config import resolve
 from vggtool.data import load_splits
 from vggtool.models import ArchSpec, build_model
+from vggtool.precision import amp_dtype
 from vggtool.runs import CONFIG, METRICS
-from vggtool.train import _optimizer, amp_dtype, distillation, train, train_one_epoch
+from vggtool.train import _optimizer, distillation, train, train_one_epoch
 
 from .conftest import TINY, invoke, one_line_error
 

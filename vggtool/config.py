@@ -38,7 +38,7 @@ class TrainConfig:
     augment: bool = True
     rotation: float = 15.0
     label_smoothing: float = 0.0
-    channels_last: str = "auto"  # auto: on for CUDA, off on a CPU (train.channels_last says why)
+    channels_last: str = "auto"  # auto: on for CUDA, off on a CPU (precision.channels_last says why)
     seed: int = 0
     device: str = "auto"
     profile: str = "full"

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from vggtool import checkpoint, cpu
+from vggtool import checkpoint
 from vggtool.config import TrainConfig
 from vggtool.data import Splits, batches
 from vggtool.distributed import World, check_launch, device_for, join, leave
@@ -28,6 +28,7 @@ from vggtool.errors import VggtoolError
 from vggtool.evaluate import EvalResult, evaluate, torch_predict
 from vggtool.files import write_json, write_text
 from vggtool.models import ArchSpec, build_model, check_compatible
+from vggtool.precision import amp_dtype, channels_last, precision, same_precision
 from vggtool.runs import BEST, CONFIG, LAST, METRICS
 
 # An extra loss term added to cross-entropy, from the (augmented) inputs and
@@ -140,40 +141,6 @@ def saved_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(meta["config"])
 
 
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Mixed precision of training steps (evaluation stays float32). On CUDA: bf16 where the GPU has it, else fp16
-    with a gradient scaler. On a CPU: bf16 autocast where it has native bf16 (AVX512_BF16 or AMX), else float32;
-    `--amp bf16` on a CPU without it and `--amp fp16` on any CPU are refused."""
-    if cfg.amp == "off":
-        return None
-    if device.type == "cuda":
-        if cfg.amp == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    if cfg.amp == "fp16":
-        raise VggtoolError(f"--amp fp16 needs a CUDA device: {device.type} has no float16 training kernels "
-                           "(--amp bf16 on a CPU with avx512_bf16 or amx_bf16, or --amp off)")
-    if cpu.has_native_bf16():
-        return torch.bfloat16
-    if cfg.amp == "bf16":
-        raise VggtoolError(f"--amp bf16 needs a CPU with native bf16 ({' or '.join(cpu.BF16_FLAGS)}); this one "
-                           f"({cpu.cpu_info()['cpu_model']}) has neither, where bf16 is slower than float32: "
-                           "use --amp off")
-    return None
-
-
-def precision(cfg: TrainConfig, device: torch.device) -> str:
-    """What training steps compute in, as recorded in config.json and metrics.jsonl: bf16, fp16 or fp32."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype(cfg, device)]
-
-
-def channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """The memory format of training: `--channels-last on|off`, or auto, the faster one measured per device:
-    channels_last on CUDA (tensor cores), contiguous on a CPU (VGG19-BN steps at batch 128, 2 threads: on an AVX-512
-    BF16 EPYC 995/987 ms fp32 and 558/575 ms bf16, contiguous/channels_last; on an AMX Xeon fp32 1247/1410 ms)."""
-    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
-
-
 def preflight(cfg: TrainConfig) -> torch.device:
     """The device training will use, once the options that need another are refused
     (before any process group is set up or anything is written)."""
@@ -258,7 +225,7 @@ def _train(cfg: TrainConfig, splits: Splits, run_dir: Path, resume: bool, observ
         if not (run_dir / LAST).exists():
             raise VggtoolError(f"nothing to resume: {run_dir / LAST} does not exist")
         start_epoch, best, trained_in = _load_last(run_dir, model, optimizer)
-        _same_precision(trained_in or ("fp32" if device.type == "cpu" else precision(cfg, device)),
+        same_precision(trained_in or ("fp32" if device.type == "cpu" else precision(cfg, device)),
                         precision(cfg, device), run_dir)
         start_epoch += 1
         if world.main:
@@ -296,15 +263,6 @@ def _train(cfg: TrainConfig, splits: Splits, run_dir: Path, resume: bool, observ
         world.barrier()  # the checkpoint of this epoch exists before any process goes on
         observer.epoch_end(record)
     return TrainResult(run_dir, best["epoch"], best_val, cfg.epochs - start_epoch)
-
-
-def _same_precision(trained_in: str, now: str, run_dir: Path) -> None:
-    """A resumed run goes on in the precision it began in, so that it ends as an uninterrupted one would
-    (checkpoints before precision was recorded trained in float32 on a CPU)."""
-    if trained_in != now:
-        flag = {"fp32": "off"}.get(trained_in, trained_in)
-        raise VggtoolError(f"{run_dir} trained in {trained_in} so far and would go on in {now} here: "
-                           f"resume with --amp {flag}")
 
 
 def _grad_scaler(enabled: bool):
