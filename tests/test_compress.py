@@ -337,3 +337,9 @@ def test_variant_folders_written_before_the_redesign_still_load(built, own_run, 
     (own_run / "variants" / "static-int8-fused" / "meta.json").write_text(json.dumps(meta))
     one_line_error(invoke("evaluate", "--variant", "static-int8-fused", "--run-dir", str(own_run), ok=False),
                    "says float output")
+
+
+def test_a_compress_that_builds_nothing_prints_no_empty_table(own_run, home):
+    invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
+    out = invoke("compress", "--run-dir", str(own_run), "--variant", "baseline").output
+    assert "kept baseline" in out and "variants in" not in out

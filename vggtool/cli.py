@@ -287,7 +287,8 @@ def _print_variants(run, metas):
     from vggtool.console import table
     from vggtool.report import variant_figure_rows
 
-    console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
+    if metas:  # nothing built (all kept): no empty table
+        console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
 
 
 def finetune_options(f):
