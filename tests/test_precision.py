@@ -54,14 +54,22 @@ def test_auto_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
     assert amp_dtype(resolve("quick", amp="off"), device) is None
 
 
-def test_the_distillation_teacher_runs_in_bf16_under_autocast():
-    teacher = build_model(ArchSpec("vgg11_bn", 10, 0.125, 0.0))
+@NEEDS_BF16
+def test_the_distillation_teacher_runs_in_bf16_inside_the_training_step(splits):
+    """The KD term is computed inside the training step's autocast, so the teacher runs in bf16 too."""
+    cfg = resolve("quick", **SMALL, epochs=1, amp="bf16", device="cpu")
+    student, teacher = (build_model(ArchSpec("vgg11_bn", 10, 0.125, 0.0)) for _ in range(2))
     seen = conv_output_dtypes(teacher)
-    loss = distillation(teacher, 4.0, 1.0)
-    x = torch.rand(4, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = loss(x, torch.randn(4, 10))
-    assert seen == [torch.bfloat16] and value.dtype == torch.float32 and torch.isfinite(value)
+    losses = []
+    kd = distillation(teacher, 4.0, 1.0)
+
+    def extra(x, logits):
+        losses.append(kd(x, logits))
+        return losses[-1]
+
+    train_one_epoch(student, _optimizer(student, cfg), splits.train, cfg, 0, extra_loss=extra)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses)  # the term itself in float32
 
 
 @pytest.mark.parametrize("native, args, fragments", [
