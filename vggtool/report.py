@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from vggtool.bench.stats import moved, spread
 from vggtool.errors import VggtoolError
 from vggtool.files import remove_stale_temporaries, write_bytes, write_json, write_text
 
@@ -422,16 +423,6 @@ def render_comparison(cmp: dict, names: tuple[str, str]) -> str:
     if cmp["skipped"]:
         parts.append("Measured in only one of them (not compared): " + ", ".join(f"`{n}`" for n in cmp["skipped"]))
     return "\n\n".join(parts) + "\n"
-
-
-def moved(pair) -> float:
-    """How far a figure moved between two measurements, relative to their mean."""
-    return abs(pair[0] - pair[1]) / ((pair[0] + pair[1]) / 2)
-
-
-def spread(values) -> float:
-    """How far a figure ranged over several measurements (a bench's parts), relative to their mean."""
-    return (max(values) - min(values)) / (sum(values) / len(values))
 
 
 def _architecture(ok: list[dict], batch: str) -> list[str]:

@@ -32,6 +32,8 @@ from vggtool.data import Split, batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, evaluate
 from vggtool.models import macs, param_count
+from vggtool.bench.stats import (BOOTSTRAP, CONFIDENCE, MIN_INTERVAL_ROUNDS, bootstrap_center, bootstrap_ratio,
+                                  moved, pooled_median, quantile, speedup, spread)
 
 PROTOCOLS = ("time", "report")
 
@@ -221,9 +223,7 @@ def batch1_times(predict: Predict, inputs: list[torch.Tensor], warmup: int, call
     return times
 
 
-BOOTSTRAP, CONFIDENCE = 1000, 0.95
 MAX_ROUNDS = 1000  # the most rounds a time budget buys
-MIN_INTERVAL_ROUNDS = 5  # fewer rounds give no interval worth the name (lo and hi are left empty)
 
 
 def planned_rounds(fewest: int, budget: float, done: int, seconds: float) -> int:
@@ -243,77 +243,6 @@ def load_part(part: int, done: int, planned: int, loads: int) -> int:
     return max(part, min(loads - 1, done * loads // max(planned, 1)))
 
 
-def pooled_median(rounds: list[list[float]]) -> float:
-    """The median of every call of every round: one slow round moves it little."""
-    return statistics.median([t for r in rounds for t in r])
-
-
-def speedup(reference: list[list[float]], candidate: list[list[float]]) -> float:
-    """How many times faster `candidate` is: the ratio of the two pooled medians."""
-    return pooled_median(reference) / pooled_median(candidate)
-
-
-def _bootstrap(stat: Callable[[list[int]], float], n: int, resamples: int = BOOTSTRAP,
-               confidence: float = CONFIDENCE, seed: int = 0,
-               groups: list[int] | None = None) -> tuple[float | None, float | None]:
-    """Percentile interval of `stat` over rounds resampled with replacement (fixed seed);
-    (None, None) below MIN_INTERVAL_ROUNDS rounds. With `groups` (the part of each round)
-    naming two parts or more, the resampling is two-stage: parts with replacement, then
-    rounds within each part drawn, so the interval holds the spread between parts too."""
-    import numpy as np
-
-    if n < MIN_INTERVAL_ROUNDS:
-        return None, None
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)] if groups else []
-    if len(members) < 2:
-        members = [np.arange(n)]
-
-    def pick() -> list[int]:
-        if len(members) == 1:
-            return list(rng.integers(0, n, n))
-        drawn = [members[i] for i in rng.integers(0, len(members), len(members))]
-        return [int(j) for rounds in drawn for j in rng.choice(rounds, len(rounds))]
-
-    values = [stat(pick()) for _ in range(resamples)]
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(values, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
-def _median_of(rounds: list, pick: list[int]) -> float:
-    import numpy as np
-
-    return float(np.median(np.concatenate([rounds[j] for j in pick])))
-
-
-def bootstrap_ratio(reference: list[list[float]], candidate: list[list[float]], resamples: int = BOOTSTRAP,
-                    confidence: float = CONFIDENCE, seed: int = 0,
-                    groups: list[int] | None = None) -> tuple[float, float | None, float | None]:
-    """Speed-up pooled_median(reference) / pooled_median(candidate) with a paired
-    bootstrap interval: rounds are resampled together for both sides (round r of each
-    was measured side by side, so drift between rounds stays paired), parts first when
-    `groups` names the part of each round."""
-    import numpy as np
-
-    ref, cand = [np.asarray(r, dtype=float) for r in reference], [np.asarray(r, dtype=float) for r in candidate]
-    mid = speedup(reference, candidate)
-    lo, hi = _bootstrap(lambda pick: _median_of(ref, pick) / _median_of(cand, pick), len(ref), resamples,
-                        confidence, seed, groups)
-    return mid, lo, hi
-
-
-def bootstrap_center(rounds: list[list[float]], resamples: int = BOOTSTRAP, confidence: float = CONFIDENCE,
-                     seed: int = 0, groups: list[int] | None = None) -> tuple[float, float | None, float | None]:
-    """pooled_median(rounds) with its bootstrap interval over the rounds (parts first, as bootstrap_ratio)."""
-    import numpy as np
-
-    arrays = [np.asarray(r, dtype=float) for r in rounds]
-    mid = pooled_median(rounds)
-    lo, hi = _bootstrap(lambda pick: _median_of(arrays, pick), len(arrays), resamples, confidence, seed, groups)
-    return mid, lo, hi
-
-
 def balanced_subset(split: Split, n: int) -> Split:
     """The first n // classes test images of every class (all of them when n is 0 or
     covers the split), in their order in the split: a fixed, class-balanced sample
@@ -327,14 +256,6 @@ def balanced_subset(split: Split, n: int) -> Split:
     per_class = n // len(classes)
     keep = torch.cat([torch.nonzero(split.labels == c).flatten()[:per_class] for c in classes])
     return split.subset(keep.sort().values)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def labels(variant: Variant) -> tuple[str, str]:
@@ -615,8 +536,8 @@ def bench(
         pooled = [t for round_times in b1[e.name] for t in round_times]
         rows[e.name].update(
             batch_ms=mid, batch_ms_lo=lo, batch_ms_hi=hi, batch_ms_min=min(centers), batch_ms_max=max(centers),
-            b1_ms_median=statistics.median(pooled), b1_ms_p90=_quantile(pooled, 0.9),
-            b1_ms_iqr=_quantile(pooled, 0.75) - _quantile(pooled, 0.25),
+            b1_ms_median=statistics.median(pooled), b1_ms_p90=quantile(pooled, 0.9),
+            b1_ms_iqr=quantile(pooled, 0.75) - quantile(pooled, 0.25),
             images_latency=len(latency_split), rounds=len(per_round),
             images_timed=round(statistics.mean(t.images for t in batched[e.name])),
             calls_timed=round(statistics.mean(t.calls for t in batched[e.name])),
@@ -668,7 +589,6 @@ def _speedups(base: list[list[float]], cand: list[list[float]], base1: list[list
 
 def _repeat_spread(measured: list, baseline: str, protocol: str = "time") -> dict:
     """The two passes' speed-ups side by side, and the largest relative difference between them."""
-    from vggtool.report import moved
 
     per_variant = {}
     for name in measured[0][0]:
@@ -684,7 +604,6 @@ def _part_spread(batched: dict, b1: dict, baseline: str, groups: list[int], prot
     """Each part's own speed-ups and ms per image (its rounds alone), and the widest range of the speed-ups
     between parts relative to their mean: how far the figures moved within one bench (fresh loads; with
     fresh_process, fresh processes; and whatever else changed on the machine meanwhile)."""
-    from vggtool.report import spread
 
     parts = list(dict.fromkeys(groups))
 
