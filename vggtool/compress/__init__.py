@@ -50,6 +50,7 @@ from vggtool.compress.base import (
     skeleton,
     steps,
 )
+from vggtool.compress.labels import display_label, display_labels, parse_name
 from vggtool.compress.run import build, compress, run_context
 
 for _module in pkgutil.iter_modules(__path__):
@@ -63,7 +64,8 @@ for _plugin in entry_points(group="vggtool.recipes"):
 __all__ = [
     "Built", "Context", "META_FILE", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
     "Recipe", "SETS", "STACKS", "Source", "Tolerance", "Variant", "apply", "build", "build_variant",
-    "compress", "load_variant", "lookup", "model_figures", "read_meta", "recipe_from_dict", "register",
+    "compress", "display_label", "display_labels", "load_variant", "lookup", "model_figures", "parse_name",
+    "read_meta", "recipe_from_dict", "register",
     "register_stack", "restore", "run_context", "skeleton", "source_from_checkpoint", "source_from_variant", "sparsity",
     "state_dict_mb", "stored_file", "steps", "versions",
 ]

@@ -91,6 +91,12 @@ class Recipe:
         raise NotImplementedError
 
     @property
+    def short(self) -> str:
+        """A few words for tables and plots, e.g. "static int8 fused (x86)"; notes after a ", " (such as
+        "distilled") go to the end of a chain's label (`vggtool.compress.display_label`)."""
+        return self.name
+
+    @property
     def tolerance(self) -> Tolerance | None:
         """Expected agreement with the float parent; None where the recipe changes
         the function on purpose (pruning), which its own tests check instead."""
@@ -243,6 +249,11 @@ class FineTuning:
     @property
     def tuning_stem(self) -> str:
         return "-kd" if self.distill else ""
+
+    @property
+    def tuning_note(self) -> str:
+        """What a short label says of the retraining: ", distilled", ", fine-tuned", or nothing."""
+        return ", distilled" if self.distill else ", fine-tuned" if self.finetune_epochs else ""
 
     def finetune(self, model: nn.Module, source: Source, ctx: Context, what: str) -> dict:
         """Fine-tune `model` in place as these options say; returns what happened."""

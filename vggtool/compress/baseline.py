@@ -22,6 +22,10 @@ class Baseline(Recipe):
         return "Baseline", "float32"
 
     @property
+    def short(self):
+        return "baseline"
+
+    @property
     def tolerance(self):
         return Tolerance(0.0, 1.0)
 

@@ -54,6 +54,10 @@ class WeightSharing(FineTuning, Recipe):
         tuned = f", centroids fine-tuned {self.finetune_epochs} ep" if self.finetune_epochs else ""
         return f"Weight sharing (conv {self.conv_bits} / linear {self.linear_bits} bits, xz-coded{tuned})", "float32"
 
+    @property
+    def short(self):
+        return f"weight sharing c{self.conv_bits}/l{self.linear_bits}" + self.tuning_note
+
     def bits(self, module: nn.Module) -> int:
         return self.conv_bits if isinstance(module, nn.Conv2d) else self.linear_bits
 

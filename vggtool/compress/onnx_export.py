@@ -33,6 +33,10 @@ class OnnxExport(Recipe):
         return "ONNX", "ONNX"
 
     @property
+    def short(self):
+        return "ONNX fp32"
+
+    @property
     def tolerance(self):
         return Tolerance(1e-4, 0.99)
 

@@ -46,6 +46,10 @@ class L1Prune(FineTuning, Recipe):
         tuned = f", fine-tuned {self.finetune_epochs} ep" if self.finetune_epochs else ""
         return f"Pytorch {self.scope.capitalize()} pruning ({self.amount:g}{tuned})", "float32"
 
+    @property
+    def short(self):
+        return f"{self.scope} L1 {self.amount:g}" + self.tuning_note
+
 
 @apply.register
 def _(recipe: L1Prune, source, ctx, workdir):

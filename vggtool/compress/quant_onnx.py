@@ -65,6 +65,12 @@ class OnnxInt8(Recipe):
         return f"ONNX Runtime Static ({self.calibration})", "int8"
 
     @property
+    def short(self):
+        notes = [self.calibration if self.calibration != "minmax" else "", "" if self.per_channel else "per-tensor",
+                 f"{len(self.exclude)} layers float" if self.exclude else ""]
+        return f"int8 ({', '.join(['ONNX Runtime'] + [n for n in notes if n])})"
+
+    @property
     def tolerance(self):
         return Tolerance(0.25, 0.9)
 

@@ -71,6 +71,10 @@ class Pt2eQuant(Recipe):
         return "PT2E + torch.compile (x86 Inductor)", "int8"
 
     @property
+    def short(self):
+        return "int8 (PT2E, x86 Inductor)"
+
+    @property
     def tolerance(self):
         return Tolerance(0.25, 0.9)
 

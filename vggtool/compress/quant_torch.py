@@ -15,6 +15,12 @@ from vggtool.errors import VggtoolError
 from vggtool.models import build_model
 
 
+def _notes(engine: str, *more: str) -> str:
+    """A short label's parenthesis: the engine where it is not fbgemm, then any other notes given."""
+    notes = [n for n in (engine if engine != "fbgemm" else "", *more) if n]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 @dataclass(frozen=True)
 class DynamicQuant(Recipe):
     """Post-training dynamic quantization of the Linear layers (weights int8 or float16)."""
@@ -36,6 +42,10 @@ class DynamicQuant(Recipe):
     @property
     def label(self):
         return "Post-Training Dynamic", self.dtype
+
+    @property
+    def short(self):
+        return f"dynamic {'fp16' if self.dtype == 'float16' else 'int8'}" + _notes(self.engine)
 
     @property
     def tolerance(self):
@@ -71,6 +81,11 @@ class StaticQuant(Recipe):
     @property
     def label(self):
         return "Post-Training Static" + (" Fuse" if self.fuse else ""), "int8"
+
+    @property
+    def short(self):
+        return ("static int8" + (" fused" if self.fuse else "")
+                + _notes(self.engine, "ReLU fused" if self.fuse_relu else "", "" if self.per_channel else "per-tensor"))
 
     @property
     def tolerance(self):
@@ -112,6 +127,11 @@ class QatQuant(FineTuning, Recipe):
     @property
     def label(self):
         return "Quantization-Aware Training" + (" (KD)" if self.distill else ""), "int8"
+
+    @property
+    def short(self):
+        return "QAT int8" + _notes(self.engine, "" if self.per_channel else "per-tensor") + (
+            ", distilled" if self.distill else "")
 
     @property
     def tolerance(self):

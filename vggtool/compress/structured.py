@@ -74,6 +74,12 @@ class StructuredPrune(FineTuning, Recipe):
             if self.finetune_epochs else ""
         return f"Structured pruning ({self.amount:g} of {self.target}, {self.importance}{tuned})", "float32"
 
+    @property
+    def short(self):
+        of = "" if self.target == "params" else f" of {self.target}"
+        how = "" if self.importance == "l1" else f" ({self.importance})"
+        return f"structured {self.amount:g}{of}{how}" + self.tuning_note
+
 
 class _Pruner:
     """Torch-Pruning over one model: removes channels a little at a time until a
