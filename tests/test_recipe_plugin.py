@@ -105,12 +105,12 @@ def test_a_recipe_from_one_file_is_built_reloaded_benched_and_rendered(registere
     chain = json.loads((own_run / "variants" / f"{name}+dynamic-int8" / "meta.json").read_text())["chain"]
     assert [step["name"] for step in chain] == ["checkpoint", name]
 
-    # bench --fresh-process times in fresh processes, which start with this one's sys.path: the plugin installed on it
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(plugin_path.split(os.pathsep)[0])
-        invoke("bench", "--run-dir", str(own_run), "--variant", "baseline", "--variant", name, "--quick", "--rounds",
-               "1", "--time-budget", "0", "--min-time", "0.05", "--threads", "1", "--single-calls", "3", "--fresh-process",
-               "--results-dir", str(tmp_path / "results"))
+    # bench, in a fresh process that knows the recipe only through the entry point
+    out = subprocess.run([sys.executable, "-m", "vggtool", "bench", "--run-dir", str(own_run), "--variant", "baseline",
+                          "--variant", name, "--quick", "--rounds", "1", "--time-budget", "0", "--min-time", "0.05",
+                          "--loads", "1", "--threads", "1", "--results-dir", str(tmp_path / "results")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": plugin_path})
+    assert out.returncode == 0, out.stderr
     rows = {r["variant"]: r for r in json.loads((tmp_path / "results" / "results.json").read_text())["rows"]}
     assert rows[name]["status"] == "ok" and rows[name]["method"] == "Throwaway scaled head"
     # scaling logits changes no ranking: the same errors as the baseline

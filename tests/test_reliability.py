@@ -430,14 +430,10 @@ def test_compress_killed_rebuilds_only_what_is_missing(trained_run, session_home
     assert not [p for p in (run / "variants").iterdir() if p.name.startswith(".")]  # litter of the kill removed
 
 
-def test_bench_resume_states_why_it_cannot(home, run):
-    one_line_error(invoke("bench", "--run-dir", str(run), "--resume", ok=False), "interleaved")
-
-
 def test_bench_killed_inside_its_write_leaves_the_previous_results_whole(run, session_home):
     results = run / "results"
     bench = ["bench", "--run-dir", str(run), "--variant", "baseline", "--quick", "--rounds", "1", "--time-budget", "0",
-             "--min-time", "0.05", "--single-calls", "3", "--warmup", "1"]
+             "--min-time", "0.05", "--loads", "1"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VGGTOOL_HOME", str(session_home))
         invoke(*bench)

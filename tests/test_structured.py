@@ -123,7 +123,7 @@ def test_bench_and_report_show_macs_params_and_sensitivity(pruned, home, tmp_pat
     invoke("bench", "--run-dir", str(pruned), "--variant", "baseline", "--variant", "structured-0.3-finetuneepochs0",
            "--variant", "structured-0.5-kd+static-int8-fused", "--quick", "--rounds", "1", "--time-budget", "0",
            "--min-time", "0.05",
-           "--single-calls", "3", "--threads", "1", "--results-dir", str(tmp_path))
+           "--threads", "1", "--results-dir", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
     assert rows["structured-0.3-finetuneepochs0"]["macs"] < rows["baseline"]["macs"]

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import click
 from rich.console import Console
 
 from vggtool import __version__
+from vggtool.bench.settings import BenchSettings, parse_cpus
 from vggtool.errors import VggtoolError
 from vggtool.paths import DATA_ENV, default_data_dir
 
@@ -528,130 +528,54 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
     _print_variants(run, metas)
 
 
+BENCH = BenchSettings()  # the measured defaults, shown in `bench --help`
+QUICK = BenchSettings.quick()
+
+
 @main.command(name="bench")
 @data_dir_option
 @run_dir_option
-@click.option("--variant", "names", multiple=True, help="Measure only these (repeatable) [default: all built].")
-@click.option("--threads", type=int, default=0, help="Threads for torch and ONNX Runtime [default: torch's].")
+@click.option("--variant", "names", multiple=True, help="Measure only these (repeatable) [all built].")
+@click.option("--quick", is_flag=True, help="Minutes on 2 cores (the quick settings below).")
+@click.option("--threads", type=int, default=None, help="Threads for torch and ONNX Runtime [torch's].")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="The report's protocol batch.")
-@click.option("--rounds", type=int, default=30, show_default=True,
-              help="The fewest interleaved rounds: each variant timed in a short block per round (batch, then "
-                   "batch 1), round robin; more follow while --time-budget lasts.")
+@click.option("--batch-size", type=int, default=None, help=f"The protocol batch [{BENCH.batch_size}, the report's].")
+@click.option("--rounds", type=int, default=None, help=f"The fewest interleaved rounds [{BENCH.rounds}].")
 @click.option("--time-budget", type=FINITE, default=None,
-              help="Seconds the timing may take (each --repeat-check pass; each part's start, loading and warm-up "
-                   "included): rounds are added while it lasts, "
-                   "up to 1000; 0 runs exactly --rounds [600; --quick: 300].")
-@click.option("--loads", type=int, default=3, show_default=True,
-              help="Split each pass's rounds into this many parts and load every variant afresh (then warm it) for "
-                   "each: a variant's speed can move between loads and with the machine's state over minutes, "
-                   "parts spread the timing over both, the interval resamples parts first so it includes their "
-                   "spread, and REPORT.md states each part's figures. "
-                   "1: one part a pass.")
-@click.option("--fresh-process/--same-process", default=False, show_default=True,
-              help="Time each part in a fresh process of its own, which loads and warms the variants while this "
-                   "one waits idle, so the intervals include how far a process's own state moves a figure. Off by "
-                   "default: on VGG19-BN, ONNX Runtime's batch speed-up then differed widely between processes, "
-                   "and two benches' figures moved more than in one process.")
-@click.option("--warmup", type=int, default=30, show_default=True,
-              help="Most untimed calls per variant and part before its rounds; warm-up stops once the call time settles "
-                   "(within 5%). Each block then starts with one untimed call.")
-@click.option("--protocol", type=click.Choice(["time", "report"]), default="time", show_default=True,
-              help="time: whole batches until --min-time is covered; report: every timed test image once.")
+              help=f"Seconds of timing: rounds are added while it lasts; 0 = exactly --rounds "
+                   f"[{BENCH.time_budget:g}; quick: {QUICK.time_budget:g}].")
+@click.option("--loads", type=int, default=None, help=f"Parts, each loading every variant afresh [{BENCH.loads}].")
+@click.option("--protocol", type=click.Choice(["time", "report"]), default=None,
+              help="time: whole batches for --min-time [default]; report: each image once.")
 @click.option("--min-time", type=FINITE, default=None,
-              help="Seconds each timed block covers at least, per variant, round and batch size [0.2; --quick: "
-                   "0.03]: many short blocks sample more of the machine's changing speed than a few long ones.")
-@click.option("--single-calls", type=int, default=3, show_default=True, help="Fewest timed batch-1 calls per block.")
-@click.option("--latency-images", type=int, default=None, help="Test images used for timing [all; --quick: 1000].")
+              help=f"Seconds each timed block covers [{BENCH.min_time:g}; quick: {QUICK.min_time:g}].")
+@click.option("--latency-images", type=int, default=None,
+              help=f"Test images used for timing [all; quick: {QUICK.latency_images}].")
 @click.option("--accuracy-images", type=int, default=None,
-              help="Test images scored for error: the first of every class, rounded down to a multiple of the "
-                   "class count [all; --quick: 2000].")
-@click.option("--idle-gap", type=FINITE, default=0.05, show_default=True,
-              help="Seconds idle before each variant's turn, so neither torch's nor ONNX Runtime's threads still "
-                   "spin from the previous variant (an ONNX Runtime pool still spun after 0.02 s).")
-@click.option("--quick", is_flag=True,
-              help="Minutes on 2 cores: time on 1000 images in 0.03 s blocks for 300 s, score error on 2000.")
-@click.option("--repeat-check", is_flag=True,
-              help="Measure everything twice and state the largest difference between the two passes' speed-ups.")
+              help=f"Test images scored, class-balanced [all; quick: {QUICK.accuracy_images}].")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where results.json/csv, REPORT.md and plots go [default: <run>/results].")
-@click.option("--resume", is_flag=True,
-              help="Refused, with the reason: speed-ups come from rounds interleaved over all variants.")
-def bench_cmd(data_dir, run_dir, names, threads, cpus, batch_size, rounds, time_budget, loads, fresh_process, warmup,
-              protocol,
-              min_time, single_calls, latency_images, accuracy_images, idle_gap, quick, repeat_check,
-              results_dir, resume):
-    """Measure every variant: error, ms/image (report protocol and batch 1), size.
+              help="Where results.json/csv, REPORT.md and plots go [<run>/results].")
+def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
+    """Measure every variant: error, ms/image at the batch size and at 1,
+    speed-up over the baseline (95% interval), size. Variants are timed side by
+    side in interleaved rounds; docs/bench.md explains the protocol and defaults.
 
-    All variants are timed side by side under one set of conditions, in
-    many short interleaved rounds (round robin, an idle gap before each
-    variant's turn), as many as --time-budget allows (at least --rounds),
-    split into --loads parts, each loading and warming every variant afresh
-    (--fresh-process: in a fresh process of its own). Each ms figure is the median over every timed call
-    (--protocol report: over the rounds' summed figures); each speed-up the
-    ratio of two such medians, with a 95% paired bootstrap interval over the
-    parts and the rounds within them. Each block runs until it has covered --min-time; --protocol
-    report times every test image once instead, as the report did. --quick
-    times on 1000 images and scores error on a class-balanced 2000 (the
-    report says which). --repeat-check measures twice and states the largest
-    difference between the passes: the noise floor of this machine. A killed
-    bench leaves the previous results untouched (they are replaced only when
-    a bench completes).
+    \b
+      vggtool bench --quick                  # minutes
+      vggtool bench --cpus 0-1 --threads 2   # the study's figures
     """
-    if resume:
-        raise VggtoolError("bench cannot resume: every speed-up comes from rounds interleaved over all variants "
-                           "with the baseline, so a partial bench holds no row comparable with a later one; the "
-                           "previous results.json is intact, run bench again")
-    from rich.console import Group
-    from rich.live import Live
-
-    from vggtool.bench import BenchSettings, bench_run, parse_cpus
-    from vggtool.console import progress
+    from vggtool.bench.run import bench_run
+    from vggtool.console import BenchDisplay
     from vggtool.report import check_writable, console_table, publish
     from vggtool.runs import Run
 
-    if latency_images is None:
-        latency_images = 1000 if quick else 0
-    if accuracy_images is None:
-        accuracy_images = 2000 if quick else 0
-    if min_time is None:
-        min_time = 0.03 if quick else 0.2
-    if time_budget is None:
-        time_budget = 300.0 if quick else 600.0
-    settings = BenchSettings(threads=threads, cpus=parse_cpus(cpus), batch_size=batch_size, rounds=rounds,
-                             warmup=warmup, single_calls=single_calls, latency_images=latency_images, protocol=protocol,
-                             min_time=min_time, repeat_check=repeat_check, accuracy_images=accuracy_images,
-                             idle_gap=idle_gap, time_budget=time_budget, loads=loads, fresh_process=fresh_process)
+    settings = BenchSettings.chosen(quick, cpus=parse_cpus(cpus), **options)
     run = Run.open(run_dir)
     folder = results_dir or run.results_dir
     check_writable(folder)  # before minutes of measuring, not after
-    rows: dict[str, dict] = {}
-    bar = progress(console)
-    task = bar.add_task("bench", total=None, info="")
-
-    def view():
-        return Group(console_table({"settings": {"batch_size": settings.batch_size}, "rows": list(rows.values())}), bar)
-
-    # Redrawn only from the callbacks, which never run inside a timed block: an auto-refresh
-    # thread would take CPU from the pinned cores in the middle of the timed calls.
-    with Live(view(), console=console, auto_refresh=False, transient=True) as live:
-        shown = {"at": 0.0, "message": ""}
-
-        def redraw(message: str | None = None, force: bool = False) -> None:
-            now = time.monotonic()
-            if force or message != shown["message"] or now - shown["at"] >= 0.25:
-                live.update(view(), refresh=True)
-                shown.update(at=now, message=message)
-
-        def on_progress(message, step, steps):
-            bar.update(task, completed=step, total=steps, info=message)
-            redraw(message)
-
-        def on_row(row):
-            rows[row["variant"]] = row
-            redraw(force=True)
-
-        results = bench_run(run, data_dir or default_data_dir(), names, settings, on_progress, on_row)
+    size = {"batch_size": settings.batch_size}
+    with BenchDisplay(console, lambda rows: console_table({"settings": size, "rows": rows})) as shown:
+        results = bench_run(run, data_dir or default_data_dir(), names, settings, shown.on_progress, shown.on_row)
     written = publish(results, folder)
     console.print(console_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written))

@@ -103,3 +103,43 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], justify_
     for r in rows:
         t.add_row(*r)
     return t
+
+
+class BenchDisplay:
+    """The rows measured so far (`render(rows)`, e.g. the report's console table) above a progress
+    bar. Redrawn only from the bench's callbacks, which never run inside a timed block: an
+    auto-refresh thread would take CPU from the pinned cores in the middle of the timed calls."""
+
+    def __init__(self, console: Console, render):
+        from rich.live import Live
+
+        self.render, self.rows, self.bar = render, {}, progress(console)
+        self.task = self.bar.add_task("bench", total=None, info="")
+        self.live = Live(self._view(), console=console, auto_refresh=False, transient=True)
+        self.shown_at, self.message = 0.0, ""
+
+    def _view(self):
+        from rich.console import Group
+
+        return Group(self.render(list(self.rows.values())), self.bar)
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.live.__exit__(*exc)
+
+    def _redraw(self, message: str | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or message != self.message or now - self.shown_at >= 0.25:
+            self.live.update(self._view(), refresh=True)
+            self.shown_at, self.message = now, message
+
+    def on_progress(self, message: str, step: float, steps: int) -> None:
+        self.bar.update(self.task, completed=step, total=steps, info=message)
+        self._redraw(message)
+
+    def on_row(self, row: dict) -> None:
+        self.rows[row["variant"]] = row
+        self._redraw(force=True)

@@ -98,3 +98,12 @@ def moved(pair) -> float:
 def spread(values) -> float:
     """How far a figure ranged over several measurements (a bench's parts), relative to their mean."""
     return (max(values) - min(values)) / (sum(values) / len(values))
+
+
+def estimator(protocol: str, parts: bool = False) -> str:
+    """How the figures were drawn from the timed calls, in words for the report."""
+    center = ("median over every timed call of every round" if protocol == "time" else
+              "median of the per-round figures (each round's time summed over its images)")
+    over = "the parts, then the rounds within each part" if parts else "the rounds"
+    return (f"{center}; speed-ups as ratios of those medians, with a {CONFIDENCE:.0%} paired bootstrap interval "
+            f"over {over} ({BOOTSTRAP} resamples; none below {MIN_INTERVAL_ROUNDS} rounds)")

@@ -1,0 +1,88 @@
+"""How a bench measures: one frozen BenchSettings, built by keyword, saved with the results.
+
+The defaults are measured choices (docs/bench.md gives the measurements); `quick()`
+is the minutes-on-2-cores profile beside them, as `vggtool train` has its profiles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from vggtool.errors import VggtoolError
+
+PROTOCOLS = ("time", "report")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    threads: int = 0  # 0: leave torch's default
+    cpus: tuple[int, ...] = ()  # (): no pinning
+    batch_size: int = 16  # the report's protocol batch
+    rounds: int = 30  # the fewest interleaved rounds: many short blocks repeated better than a few long ones
+    time_budget: float = 600.0  # seconds of timing: more rounds while it lasts, up to MAX_ROUNDS (0: exactly `rounds`)
+    loads: int = 3  # the rounds in this many parts, every variant loaded afresh (and warmed) for each part
+    protocol: str = "time"  # time: whole batches until min_time; report: every timed image once
+    min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
+    latency_images: int = 0  # 0: the whole test split, as the report
+    accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
+    # Measured defaults, not flags:
+    warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
+    single_calls: int = 3  # the fewest timed batch-1 calls a block
+    # seconds idle before each variant's turn, so no thread pool still spins from the last: after 0.02 s an ONNX
+    # Runtime session's spinning pool still slowed the next variant's first calls, so onnx-int8's speed-up depended
+    # on the block length (quick profile: 3.0x with 0.03 s blocks, 4.2x with 0.3 s; with 0.05 s idle 3.95x)
+    idle_gap: float = 0.05
+
+    def __post_init__(self):
+        for name in ("batch_size", "rounds", "single_calls", "loads"):
+            if getattr(self, name) <= 0:
+                raise VggtoolError(f"{name.replace('_', '-')} must be positive")
+        if min(self.threads, self.warmup, self.latency_images, self.min_time, self.accuracy_images,
+               self.idle_gap, self.time_budget) < 0:
+            raise VggtoolError("threads, warmup, latency images, accuracy images, min time, idle gap and time "
+                               "budget must not be negative")
+        if self.protocol not in PROTOCOLS:
+            raise VggtoolError(f"unknown timing protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+
+    @classmethod
+    def quick(cls, **chosen) -> BenchSettings:
+        """Minutes on 2 cores: time on 1000 test images in 0.03 s blocks for 300 s, score error on 2000."""
+        return replace(cls(latency_images=1000, accuracy_images=2000, min_time=0.03, time_budget=300.0), **chosen)
+
+    @classmethod
+    def chosen(cls, quick: bool = False, **options) -> BenchSettings:
+        """The defaults (or `quick()`), then every option that is not None."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return cls.quick(**given) if quick else cls(**given)
+
+
+def parse_cpus(text: str | None) -> tuple[int, ...]:
+    """'0-1,4' -> (0, 1, 4); refuses CPUs this machine does not offer."""
+    if not text:
+        return ()
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise VggtoolError(f"cannot parse CPU list {text!r}: use a form like 0-1 or 0,2") from None
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    missing = sorted(cpus - set(available))
+    if missing:
+        raise VggtoolError(f"CPU(s) {missing} are not available here (available: {sorted(available)})")
+    return tuple(sorted(cpus))
+
+
+def apply_settings(settings: BenchSettings) -> None:
+    """Pin the process and size torch's thread pool; ONNX Runtime gets `threads` per session."""
+    if settings.cpus:
+        try:
+            os.sched_setaffinity(0, settings.cpus)
+        except (AttributeError, OSError) as e:
+            raise VggtoolError(f"cannot pin to CPUs {list(settings.cpus)}: {e}") from None
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
