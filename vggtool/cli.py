@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -15,27 +13,9 @@ from rich.console import Console
 from vggtool import __version__
 from vggtool.bench.settings import BenchSettings, parse_cpus
 from vggtool.errors import VggtoolError
+from vggtool.options import FINITE, RecipeCommand
 from vggtool.paths import DATA_ENV, default_data_dir
 
-
-class FiniteFloat(click.ParamType):
-    """A float option: NaN and infinities are refused like any other bad value."""
-
-    name = "float"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float) and math.isfinite(value):
-            return value
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-FINITE = FiniteFloat()
 
 # Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
 console = Console(width=None if sys.stdout.isatty() else 100)
@@ -291,194 +271,60 @@ def _print_variants(run, metas):
         console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
 
 
-def finetune_options(f):
-    for opt in reversed([
-        click.option("--finetune-epochs", type=int, default=None,
-                     help="Retrain this many epochs on the training split (the best epoch on the validation split "
-                          "is kept) [global/local/cluster: 0, structured: 5, qat: 3]."),
-        click.option("--finetune-lr", type=FINITE, default=None,
-                     help="Peak learning rate of fine-tuning [0.01; qat, cluster: 0.001]."),
-        click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine"]), default=None,
-                     help="Learning-rate schedule of fine-tuning [onecycle]."),
-        click.option("--distill", is_flag=True, default=None,
-                     help="Fine-tune with knowledge distillation from the unpruned parent (or --teacher)."),
-        click.option("--temperature", type=FINITE, default=None, help="Distillation temperature T [4]."),
-        click.option("--distill-weight", type=FINITE, default=None,
-                     help="Weight of the distillation term, w * T^2 * KL, added to cross-entropy [1]."),
-        click.option("--teacher", default=None, help="Teacher: a float variant of the run or a model file [the parent]."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _recipe(modes: dict[str, type], mode: str, options: dict):
-    """The recipe of `mode` from the options given; an option another mode owns is a one-line error."""
-    given = {k: v for k, v in options.items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(modes[mode])}
-    for key in given:
-        if key not in fields:
-            owners = [f"--{m}" for m, cls in modes.items() if key in {f.name for f in dataclasses.fields(cls)}]
-            option = {"prune_linear": "keep-linear", "per_channel": "per-tensor"}.get(key, key.replace("_", "-"))
-            raise VggtoolError(f"--{option} applies to {' or '.join(owners) or 'another command'} only")
-    return modes[mode](**given)
-
-
-@main.command()
-@click.option("--dynamic", is_flag=True, help="Dynamic quantization of the Linear layers (torch.ao).")
-@click.option("--static", is_flag=True, help="Static int8 of the whole network, calibrated (torch.ao).")
-@click.option("--qat", is_flag=True, help="Quantization-aware training, then int8 (torch.ao).")
-@click.option("--onnx", "onnx_", is_flag=True, help="ONNX Runtime static int8 (QDQ), calibrated.")
-@click.option("--pt2e", is_flag=True,
-              help="PyTorch 2 export int8 (torchao, x86 Inductor quantizer), run with torch.compile; current stacks only.")
-@click.option("--dtype", type=click.Choice(["int8", "float16"]), default=None, help="Dynamic: weight type [int8].")
-@click.option("--fuse", is_flag=True, default=None,
-              help="Static: fold each Conv2d+BatchNorm2d before preparing (QAT always fuses).")
-@click.option("--fuse-relu", is_flag=True, default=None, help="Static with --fuse: fold the ReLU too.")
-@click.option("--engine", default=None, help="torch.ao quantized engine: fbgemm/x86, or qnnpack on ARM [fbgemm].")
-@click.option("--per-tensor", is_flag=True, default=None,
-              help="Static, QAT, ONNX: one weight scale per tensor (default per channel, the report's).")
-@click.option("--calib-size", type=int, default=None,
-              help="Static, ONNX, PT2E: validation images used for calibration, never test images [1000].")
-@click.option("--calib-seed", type=int, default=None, help="Static, ONNX, PT2E: seed choosing the calibration images [0].")
-@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
-              help="ONNX: how activation ranges are chosen from calibration [minmax].")
-@click.option("--activations", type=click.Choice(["u8", "s8"]), default=None, help="ONNX: activation type [u8].")
-@click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="ONNX, PT2E: 7-bit weights; auto = on where the CPU lacks VNNI, whose u8s8 sums can saturate [auto].")
-@click.option("--exclude", multiple=True, default=None,
-              help="ONNX: keep this node in float (repeatable; see the layer sensitivity in meta.json / REPORT.md).")
-@click.option("--sensitivity-images", type=int, default=None,
-              help="ONNX: quantize each layer alone and record its validation error on this many images [0: off].")
-@click.option("--opset", type=int, default=None, help="ONNX: opset of the exported graph [15].")
-@finetune_options
+@main.command(cls=RecipeCommand, modes=("static", "dynamic", "qat", "onnx", "pt2e"))
 @variant_options
-def quantize(dynamic, static, qat, onnx_, pt2e, per_tensor, exclude, **options):
-    """Quantization: `--dynamic`, `--static [--fuse]` (the report's), `--qat`
-    (quantization-aware training), `--onnx` (ONNX Runtime int8) or `--pt2e`
-    (PyTorch 2 export with torch.compile).
+def quantize(recipe, **common):
+    """Quantization: static int8 (the report's), dynamic, quantization-aware
+    training, ONNX Runtime int8, or PyTorch 2 export.
 
     \b
       vggtool quantize --static --fuse                # the report's best variant
       vggtool quantize --dynamic --dtype float16
       vggtool quantize --qat --finetune-epochs 3 --distill
       vggtool quantize --onnx --calibration entropy --sensitivity-images 500
-      vggtool quantize --pt2e
       vggtool quantize --static --fuse --from-variant structured-0.5-kd
     """
-    from vggtool.compress.quant_onnx import OnnxInt8
-    from vggtool.compress.quant_pt2e import Pt2eQuant
-    from vggtool.compress.quant_torch import DynamicQuant, QatQuant, StaticQuant
-
-    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
-                                          "trust_pickle")}
-    chosen = [m for m, on in (("dynamic", dynamic), ("static", static), ("qat", qat), ("onnx", onnx_), ("pt2e", pt2e))
-              if on]
-    if len(chosen) != 1:
-        raise VggtoolError("choose exactly one of --static, --dynamic, --qat, --onnx or --pt2e")
-    mode = chosen[0]
-    if mode != "dynamic" and options.get("dtype") == "float16":
-        raise VggtoolError("static quantization is int8 only; float16 weights need --dynamic")
-    if mode != "dynamic":
-        options.pop("dtype")
-    options["per_channel"] = False if per_tensor else None
-    options["exclude"] = tuple(exclude) or None
-    modes = {"dynamic": DynamicQuant, "static": StaticQuant, "qat": QatQuant, "onnx": OnnxInt8, "pt2e": Pt2eQuant}
-    _build(_recipe(modes, mode, options), **common)
+    _build(recipe, **common)
 
 
-@main.command(name="prune")
-@click.option("--global", "scope", flag_value="global", help="Unstructured: one L1 ranking over all Conv2d weights.")
-@click.option("--local", "scope", flag_value="local", help="Unstructured: each Conv2d pruned at --amount on its own.")
-@click.option("--structured", "scope", flag_value="structured",
-              help="Remove whole filters and hidden units (Torch-Pruning): smaller and faster.")
-@click.option("--amount", type=FINITE, default=None,
-              help="Global/local: fraction of Conv2d weights set to zero [0.6]. Structured: fraction of the "
-                   "parameters (or MACs, --target macs) removed [0.5].")
-@click.option("--linear-amount", type=FINITE, default=None, help="Global/local: fraction of Linear weights [0].")
-@click.option("--target", type=click.Choice(["params", "macs"]), default=None,
-              help="Structured: what --amount counts [params].")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default=None,
-              help="Structured: rank filters by L1 or L2 norm, or by BatchNorm scale [l1].")
-@click.option("--allocation", type=click.Choice(["uniform", "global"]), default=None,
-              help="Structured: the same share from every layer, or one ranking across layers [uniform].")
-@click.option("--keep-linear", is_flag=True, default=None, help="Structured: leave the hidden Linear layers whole.")
-@click.option("--steps", type=int, default=None, help="Structured: prune a little, fine-tune, repeat, in this many rounds [1].")
-@click.option("--slimming-epochs", type=int, default=None,
-              help="Structured: first train with an L1 penalty on BatchNorm scales (network slimming) [0].")
-@click.option("--slimming-penalty", type=FINITE, default=None, help="Structured: that penalty's weight [1e-4].")
-@click.option("--sensitivity-images", type=int, default=None,
-              help="Structured: also record validation error after pruning 0.1..0.9 without fine-tuning, on this "
-                   "many validation images [0: off].")
-@finetune_options
+@main.command(name="prune", cls=RecipeCommand, modes=("global", "local", "structured"))
 @variant_options
-def prune_cmd(scope, **options):
-    """Pruning: L1 unstructured (`--global`, `--local`, as the report: zeros, same size)
-    or structured (`--structured`: filters removed, really smaller and faster).
+def prune_cmd(recipe, **common):
+    """Pruning: L1 unstructured (zeros, same size, as the report) or structured
+    (filters removed: really smaller and faster).
 
     \b
       vggtool prune --global --amount 0.6
       vggtool prune --structured --amount 0.5 --finetune-epochs 5 --distill
-      vggtool quantize --static --fuse --from-variant structured-0.5-kd
     """
-    from vggtool.compress.pruning import L1Prune
-    from vggtool.compress.structured import StructuredPrune
-
-    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
-                                          "trust_pickle")}
-    if scope is None:
-        raise VggtoolError("choose --global, --local or --structured")
-    options["prune_linear"] = False if options.pop("keep_linear") else None
-    if scope != "structured":
-        options["scope"] = scope
-    modes = {"global": L1Prune, "local": L1Prune, "structured": StructuredPrune}
-    _build(_recipe(modes, scope, options), **common)
+    _build(recipe, **common)
 
 
-@main.command(name="cluster")
-@click.option("--bits", type=int, default=None, help="Index bits of every layer's codebook (sets both below; 1-8).")
-@click.option("--conv-bits", type=int, default=None, help="Conv2d codebooks: at most 2^B shared values per layer [8].")
-@click.option("--linear-bits", type=int, default=None, help="Linear codebooks: at most 2^B shared values per layer [5].")
-@finetune_options
+@main.command(name="cluster", cls=RecipeCommand)
 @variant_options
-def cluster_cmd(bits, **options):
-    """Deep Compression weight sharing: per-layer k-means codebooks (zeros of a
-    pruned parent stay zero), optional centroid fine-tuning, stored Huffman-coded;
-    the file on disk is the size. Loads as a dense float model.
+def cluster_cmd(recipe, **common):
+    """Deep Compression weight sharing: per-layer k-means codebooks (a pruned
+    parent's zeros stay zero), stored Huffman-coded; loads as a dense float model.
 
     \b
-      vggtool cluster --conv-bits 8 --linear-bits 5
-      vggtool prune --global --amount 0.9 --linear-amount 0.97 --finetune-epochs 5
       vggtool cluster --from-variant prune-global-0.9-linearamount0.97-finetuneepochs5 --finetune-epochs 3
       vggtool compress --set deep-compression
     """
-    from vggtool.compress.cluster import WeightSharing
-
-    common = {k: options.pop(k) for k in ("data_dir", "run_dir", "checkpoint", "from_variant", "name", "force",
-                                          "trust_pickle")}
-    if bits is not None:
-        for key in ("conv_bits", "linear_bits"):
-            if options[key] is not None and options[key] != bits:
-                raise VggtoolError(f"--bits {bits} contradicts --{key.replace('_', '-')} {options[key]}")
-            options[key] = bits
-    _build(_recipe({"cluster": WeightSharing}, "cluster", options), **common)
+    _build(recipe, **common)
 
 
-@main.command(name="export")
-@click.option("--onnx", "onnx_", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
-@click.option("--opset", type=int, default=15, show_default=True, help="ONNX opset (the report's: 15; 7-21).")
+@main.command(name="export", cls=RecipeCommand, modes=("onnx",))
 @variant_options
-def export_cmd(onnx_, opset, **common):
+def export_cmd(recipe, **common):
     """ONNX export with a dynamic batch axis, checked, with a parity check against torch."""
-    from vggtool.compress.onnx_export import OnnxExport
-
-    _build(OnnxExport(opset), **common)
+    _build(recipe, **common)
 
 
 @main.command(name="compress")
 @click.option("--variant", "names", multiple=True,
               help="Build these registered variants (repeatable; A+B chains B onto A) [default: --set report].")
 @click.option("--set", "set_names", multiple=True,
-              help="Build every variant of a named set: report, beyond, deep-compression, full-size (repeatable).")
+              help="Build every variant of a named set (repeatable; `--list` shows the sets).")
 @click.option("--list", "list_", is_flag=True, help="List the registered variants, chains and sets, and exit.")
 @click.option("--force", is_flag=True,
               help="Rebuild variants that already exist (not the parents a chain reuses); without it they are kept.")
@@ -498,22 +344,18 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
       vggtool compress --set deep-compression            # prune, share weights, Huffman-code
       vggtool compress --variant structured-0.5-kd+static-int8-fused
     """
-    from vggtool.compress import REGISTRY, SETS, STACKS, compress
+    from vggtool.compress import REGISTRY, STACKS, compress, selection, sets_of
     from vggtool.console import table
     from vggtool.runs import Run
 
     if list_:
-        sets = {n: ", ".join(s for s, members in SETS.items() if n in members) for n in [*REGISTRY, *STACKS]}
-        rows = [[n, r.output.value, *r.label, sets[n]] for n, r in REGISTRY.items()]
+        rows = [[n, r.output.value, *r.label, ", ".join(sets_of(n))] for n, r in REGISTRY.items()]
         console.print(table("registered variants", ["name", "produces", "method", "type", "sets"], rows))
-        chains = [[n, REGISTRY[parts[-1]].output.value, sets[n]] for n, parts in STACKS.items()]
+        chains = [[n, REGISTRY[parts[-1]].output.value, ", ".join(sets_of(n))] for n, parts in STACKS.items()]
         console.print(table("registered chains (each step built on the one before, each its own variant)",
                             ["name", "produces", "sets"], chains))
         return
-    unknown = [s for s in set_names if s not in SETS]
-    if unknown:
-        raise VggtoolError(f"unknown set {unknown[0]!r}: choose one of {', '.join(SETS)}")
-    wanted = list(dict.fromkeys([*names, *(n for s in set_names for n in SETS[s])])) or SETS["report"]
+    wanted = selection(names, set_names)
     run = Run.open(run_dir)
     with console.status("building variants ...") as status:
         def done(name, meta):

@@ -31,6 +31,7 @@ from vggtool.compress.artifact import (
     versions,
 )
 from vggtool.compress.base import (
+    MODES,
     RECIPE_TYPES,
     REGISTRY,
     SETS,
@@ -43,10 +44,14 @@ from vggtool.compress.base import (
     Tolerance,
     apply,
     lookup,
+    offer,
+    option,
     recipe_from_dict,
     register,
     register_stack,
     restore,
+    selection,
+    sets_of,
     skeleton,
     steps,
 )
@@ -62,7 +67,7 @@ for _plugin in entry_points(group="vggtool.recipes"):
         warnings.warn(f"recipe plugin {_plugin.name} ({_plugin.value}) failed to load: {_e}", stacklevel=1)
 
 __all__ = [
-    "Built", "Context", "META_FILE", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
+    "Built", "Context", "META_FILE", "MODES", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
     "Recipe", "SETS", "STACKS", "Source", "Tolerance", "Variant", "apply", "build", "build_variant",
     "compress", "display_label", "display_labels", "load_variant", "lookup", "model_figures", "parse_name",
     "read_meta", "recipe_from_dict", "register",

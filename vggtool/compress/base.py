@@ -49,6 +49,32 @@ RECIPE_TYPES: dict[str, type[Recipe]] = {}
 REGISTRY: dict[str, Recipe] = {}  # the variant names users type -> recipes
 STACKS: dict[str, tuple[str, ...]] = {}  # named chains "a+b": b built on a, each step its own variant
 SETS: dict[str, list[str]] = {}  # what `compress --set NAME` builds; "report" is the report's eight
+MODES: dict[tuple[str, str], Mode] = {}  # (command, flag) -> the recipe type `vggtool COMMAND --FLAG` builds
+
+
+def option(default, help: str, **meta):
+    """A recipe field that is also a command-line option: its default and help are said here only
+    (`vggtool.options` makes the option). `choices` limits a text field, `off` names the flag that
+    turns a True field off (per_channel: --per-tensor), `shorthand` an option that sets every field
+    naming it (--bits)."""
+    kw = {"kw_only": meta.pop("kw_only")} if "kw_only" in meta else {}
+    return field(default=default, metadata={"help": help, **meta}, **kw)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How `vggtool COMMAND --FLAG` builds a recipe type: the flag's help, and the fields it fixes."""
+
+    recipe: type
+    help: str
+    preset: dict = field(default_factory=dict)
+
+
+def offer(recipe: type, command: str, flag: str = "", help: str = "", **preset) -> None:
+    """Offer a recipe type as a mode of a vggtool command: `offer(StaticQuant, "quantize", "static")`
+    is `vggtool quantize --static`, with an option per field; flag "" is a command's only mode.
+    The help is the recipe's docstring's first line unless given."""
+    MODES[(command, flag)] = Mode(recipe, help or recipe.__doc__.strip().split("\n")[0], preset)
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,19 @@ def _add_to_sets(name: str, sets: tuple[str, ...]) -> None:
             SETS[s].append(name)
 
 
+def sets_of(name: str) -> list[str]:
+    """The sets a registered variant or chain belongs to."""
+    return [s for s, members in SETS.items() if name in members]
+
+
+def selection(names: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> list[str]:
+    """The variants `compress --variant/--set` name, each once in order; the report's eight by default."""
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        raise VggtoolError(f"unknown set {unknown[0]!r}: choose one of {', '.join(SETS)}")
+    return list(dict.fromkeys([*names, *(n for s in sets for n in SETS[s])])) or list(SETS["report"])
+
+
 def lookup(name: str) -> Recipe:
     if name not in REGISTRY:
         raise VggtoolError(f"unknown variant {name!r}: choose one of {', '.join(REGISTRY)} (`vggtool compress --list`)")
@@ -213,6 +252,27 @@ class Context:
         return self.finetune
 
 
+# Fields several quantizers share, each said once here (a dataclass Field cannot be shared).
+REDUCE_RANGES = ("auto", "on", "off")
+
+
+def calib_size_field():
+    return option(1000, "Validation images used for calibration (never test images).")
+
+
+def calib_seed_field():
+    return option(0, "Seed choosing the calibration images.")
+
+
+def per_channel_field():
+    return option(True, "One weight scale per tensor instead of one per output channel.", off="per-tensor")
+
+
+def reduce_range_field():
+    return option("auto", "7-bit weights; auto: on where the CPU lacks VNNI, whose u8s8 sums can saturate.",
+                  choices=REDUCE_RANGES)
+
+
 SCHEDULES = ("onecycle", "cosine")
 
 
@@ -222,13 +282,13 @@ class FineTuning:
     fields, so each recipe keeps its own positional ones). `teacher` is a float
     variant of the run or a checkpoint file; empty means the recipe's parent."""
 
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.01
-    finetune_schedule: str = "onecycle"
-    distill: bool = False
-    temperature: float = 4.0
-    distill_weight: float = 1.0
-    teacher: str = ""
+    finetune_epochs: int = option(0, "Retrain this many epochs on the training split (the best on validation is kept).")
+    finetune_lr: float = option(0.01, "Peak learning rate of fine-tuning.")
+    finetune_schedule: str = option("onecycle", "Learning-rate schedule of fine-tuning.", choices=SCHEDULES)
+    distill: bool = option(False, "Fine-tune with knowledge distillation from the parent (or --teacher).")
+    temperature: float = option(4.0, "Distillation temperature T.")
+    distill_weight: float = option(1.0, "Weight w of the distillation term w * T^2 * KL, added to cross-entropy.")
+    teacher: str = option("", "Distillation teacher instead of the parent: a float variant of the run or a model file.")
 
     def check_finetuning(self) -> None:
         if self.finetune_epochs < 0 or self.finetune_lr <= 0:

@@ -19,7 +19,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from vggtool import codec
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, register, register_stack, restore
+from vggtool.compress.base import (
+    Built,
+    FineTuning,
+    Output,
+    Recipe,
+    apply,
+    offer,
+    option,
+    register,
+    register_stack,
+    restore,
+)
 from vggtool.compress.pruning import L1Prune
 from vggtool.errors import VggtoolError
 
@@ -34,8 +45,8 @@ class WeightSharing(FineTuning, Recipe):
     output = Output.FLOAT
     stem_fields = ("conv_bits", "linear_bits", "distill")
 
-    conv_bits: int = 8
-    linear_bits: int = 5
+    conv_bits: int = option(8, "Conv2d codebooks: at most 2^B shared values per layer (1-8).", shorthand="bits")
+    linear_bits: int = option(5, "Linear codebooks: at most 2^B shared values per layer (1-8).", shorthand="bits")
     # a centroid's gradient is the sum over its cluster's members: a smaller step than for single weights
     finetune_lr: float = field(default=0.001, kw_only=True)
 
@@ -154,6 +165,7 @@ def _(recipe: WeightSharing, folder: Path, meta: dict) -> dict:
 # The paper's pipeline on the classifier-heavy VGG: prune (conv and linear apart), fine-tune with
 # the mask fixed, share weights (conv 8 / linear 5 bits, as the paper) and code.
 _PRUNED = L1Prune("global", 0.9, linear_amount=0.97, finetune_epochs=5)
+offer(WeightSharing, "cluster")
 register(WeightSharing(), WeightSharing(8, 5, finetune_epochs=3), WeightSharing(6, 4, finetune_epochs=3),
          _PRUNED, sets=("deep-compression",))
 register_stack(_PRUNED.name, WeightSharing().name, sets=("deep-compression",))

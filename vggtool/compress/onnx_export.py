@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vggtool import export
 from vggtool.compress.artifact import ONNX_FILE
-from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, register
+from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, offer, option, register
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import compare, torch_predict
@@ -18,7 +18,7 @@ class OnnxExport(Recipe):
 
     output = Output.ONNX
 
-    opset: int = 15
+    opset: int = option(15, "ONNX opset (7-21).")
 
     def __post_init__(self):
         if not 7 <= self.opset <= 21:
@@ -53,4 +53,5 @@ def _(recipe: OnnxExport, source, ctx, workdir):
     return Built(None, source.spec, figures, path, {"input": export.INPUT_CONTRACT})
 
 
+offer(OnnxExport, "export", "onnx", "Export to ONNX (the only format so far).")
 register(OnnxExport(), sets=("report",))

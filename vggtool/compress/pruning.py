@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, register
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, offer, option, register
 from vggtool.errors import VggtoolError
 
 
@@ -25,9 +25,9 @@ class L1Prune(FineTuning, Recipe):
     output = Output.FLOAT
     stem_fields = ("scope", "amount", "distill")
 
-    scope: str = "global"
-    amount: float = 0.6
-    linear_amount: float = 0.0
+    scope: str = "global"  # set by the mode flag: --global or --local
+    amount: float = option(0.6, "Fraction of Conv2d weights set to zero.")
+    linear_amount: float = option(0.0, "Fraction of Linear weights set to zero.")
 
     def __post_init__(self):
         if self.scope not in ("global", "local"):
@@ -101,4 +101,6 @@ def l1_unstructured(
     return m.eval()
 
 
+offer(L1Prune, "prune", "global", "L1 unstructured: one ranking over all Conv2d weights.", scope="global")
+offer(L1Prune, "prune", "local", "L1 unstructured: each Conv2d pruned at --amount on its own.", scope="local")
 register(L1Prune("global", 0.6), L1Prune("local", 0.6), sets=("report",))

@@ -18,7 +18,21 @@ import torch
 
 from vggtool import cpu, export
 from vggtool.compress.artifact import ONNX_FILE
-from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, register
+from vggtool.compress.base import (
+    REDUCE_RANGES,
+    Built,
+    Output,
+    Recipe,
+    Tolerance,
+    apply,
+    calib_seed_field,
+    calib_size_field,
+    offer,
+    option,
+    per_channel_field,
+    reduce_range_field,
+    register,
+)
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import compare, evaluate, torch_predict
@@ -33,23 +47,25 @@ class OnnxInt8(Recipe):
 
     output = Output.ONNX
     stem_fields = ("sensitivity_images",)  # the per-layer scan is a figure: it changes no weight
+    dtype = "int8"
 
-    calibration: str = "minmax"
-    calib_size: int = 1000
-    calib_seed: int = 0
-    per_channel: bool = True
-    activations: str = "u8"
-    reduce_range: str = "auto"  # auto: on where the CPU lacks VNNI
-    exclude: tuple[str, ...] = ()
-    opset: int = 15
-    sensitivity_images: int = 0
+    calibration: str = option("minmax", "How activation ranges are chosen from calibration.", choices=CALIBRATIONS)
+    calib_size: int = calib_size_field()
+    calib_seed: int = calib_seed_field()
+    per_channel: bool = per_channel_field()
+    activations: str = option("u8", "Activation type.", choices=ACTIVATIONS)
+    reduce_range: str = reduce_range_field()
+    exclude: tuple[str, ...] = option((), "Keep this node in float (repeatable; see the layer sensitivity).")
+    opset: int = option(15, "Opset of the exported graph (10-21).")
+    sensitivity_images: int = option(0, "Quantize each layer alone and record its validation error on this many "
+                                        "images (0: off).")
 
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
             raise VggtoolError(f"unknown calibration method {self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
         if self.activations not in ACTIVATIONS:
             raise VggtoolError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {self.activations!r}")
-        if self.reduce_range not in ("auto", "on", "off"):
+        if self.reduce_range not in REDUCE_RANGES:
             raise VggtoolError(f"reduce-range must be auto, on or off, got {self.reduce_range!r}")
         if self.calib_size <= 0 or self.sensitivity_images < 0:
             raise VggtoolError("calibration size must be positive and sensitivity images >= 0")
@@ -62,7 +78,7 @@ class OnnxInt8(Recipe):
 
     @property
     def label(self):
-        return f"ONNX Runtime Static ({self.calibration})", "int8"
+        return f"ONNX Runtime Static ({self.calibration})", self.dtype
 
     @property
     def short(self):
@@ -172,4 +188,5 @@ def layer_sensitivity(prepared: Path, workdir: Path, recipe: OnnxInt8, calib, va
     return sorted(rows, key=lambda r: (r["top1_agreement"], -r["max_abs_logit_diff"]))
 
 
+offer(OnnxInt8, "quantize", "onnx", "ONNX Runtime static int8 (QDQ), calibrated.")
 register(OnnxInt8(), sets=("beyond",))

@@ -23,7 +23,21 @@ from torch import nn
 
 from vggtool import cpu
 from vggtool.compress.artifact import state_dict_mb
-from vggtool.compress.base import Built, Output, Recipe, Tolerance, apply, finalize, register, skeleton
+from vggtool.compress.base import (
+    REDUCE_RANGES,
+    Built,
+    Output,
+    Recipe,
+    Tolerance,
+    apply,
+    calib_seed_field,
+    calib_size_field,
+    finalize,
+    offer,
+    reduce_range_field,
+    register,
+    skeleton,
+)
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.models import ArchSpec, build_model
@@ -51,15 +65,16 @@ class Pt2eQuant(Recipe):
     """PyTorch 2 export int8 (torchao PT2E, x86 Inductor quantizer), compiled with torch.compile."""
 
     output = Output.QUANTIZED
+    dtype = "int8"
 
-    calib_size: int = 1000
-    calib_seed: int = 0
-    reduce_range: str = "auto"  # auto: on where the CPU lacks VNNI
+    calib_size: int = calib_size_field()
+    calib_seed: int = calib_seed_field()
+    reduce_range: str = reduce_range_field()
 
     def __post_init__(self):
         if self.calib_size <= 0:
             raise VggtoolError(f"calibration size must be positive, got {self.calib_size}")
-        if self.reduce_range not in ("auto", "on", "off"):
+        if self.reduce_range not in REDUCE_RANGES:
             raise VggtoolError(f"reduce-range must be auto, on or off, got {self.reduce_range!r}")
 
     @property
@@ -68,7 +83,7 @@ class Pt2eQuant(Recipe):
 
     @property
     def label(self):
-        return "PT2E + torch.compile (x86 Inductor)", "int8"
+        return "PT2E + torch.compile (x86 Inductor)", self.dtype
 
     @property
     def short(self):
@@ -146,4 +161,6 @@ def _(recipe: Pt2eQuant, model):
     return Compiled(_converted(model))
 
 
+offer(Pt2eQuant, "quantize", "pt2e", "PyTorch 2 export int8 (torchao, x86 Inductor), run with torch.compile; "
+      "current stacks only.")
 register(Pt2eQuant(), sets=("beyond",))

@@ -9,16 +9,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vggtool import quant_ao
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, Tolerance, apply, register, skeleton
+from vggtool.compress.base import (
+    Built,
+    FineTuning,
+    Output,
+    Recipe,
+    Tolerance,
+    apply,
+    calib_seed_field,
+    calib_size_field,
+    offer,
+    option,
+    per_channel_field,
+    register,
+    skeleton,
+)
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.models import build_model
+
+DTYPES = ("int8", "float16")
 
 
 def _notes(engine: str, *more: str) -> str:
     """A short label's parenthesis: the engine where it is not fbgemm, then any other notes given."""
     notes = [n for n in (engine if engine != "fbgemm" else "", *more) if n]
     return f" ({', '.join(notes)})" if notes else ""
+
+
+def engine_field():
+    return option("fbgemm", "torch.ao quantized engine: fbgemm or x86, qnnpack on ARM.")
 
 
 @dataclass(frozen=True)
@@ -28,11 +48,11 @@ class DynamicQuant(Recipe):
     output = Output.QUANTIZED
     stem_fields = ("dtype",)
 
-    dtype: str = "int8"
-    engine: str = "fbgemm"
+    dtype: str = option("int8", "Weight type of the Linear layers.", choices=DTYPES)
+    engine: str = engine_field()
 
     def __post_init__(self):
-        if self.dtype not in ("int8", "float16"):
+        if self.dtype not in DTYPES:
             raise VggtoolError(f"dynamic dtype must be int8 or float16, got {self.dtype!r}")
 
     @property
@@ -59,13 +79,14 @@ class StaticQuant(Recipe):
 
     output = Output.QUANTIZED
     stem_fields = ("fuse", "fuse_relu", "per_channel")
+    dtype = "int8"  # not a field: static int8 only (float16 weights are DynamicQuant's)
 
-    fuse: bool = False
-    fuse_relu: bool = False
-    engine: str = "fbgemm"
-    per_channel: bool = True
-    calib_size: int = 1000
-    calib_seed: int = 0
+    fuse: bool = option(False, "Fold each Conv2d+BatchNorm2d before preparing.")
+    fuse_relu: bool = option(False, "With --fuse: fold the ReLU too.")
+    engine: str = engine_field()
+    per_channel: bool = per_channel_field()
+    calib_size: int = calib_size_field()
+    calib_seed: int = calib_seed_field()
 
     def __post_init__(self):
         if self.calib_size <= 0:
@@ -80,7 +101,7 @@ class StaticQuant(Recipe):
 
     @property
     def label(self):
-        return "Post-Training Static" + (" Fuse" if self.fuse else ""), "int8"
+        return "Post-Training Static" + (" Fuse" if self.fuse else ""), self.dtype
 
     @property
     def short(self):
@@ -105,10 +126,11 @@ class QatQuant(FineTuning, Recipe):
 
     output = Output.QUANTIZED
     stem_fields = ("distill",)
+    dtype = "int8"
 
-    fuse: bool = True
-    engine: str = "fbgemm"
-    per_channel: bool = True
+    fuse: bool = True  # QAT always fuses: a field without help, so no option
+    engine: str = engine_field()
+    per_channel: bool = per_channel_field()
     # torch.ao's fused fake-quantize kernel takes float32 only ("expected scalar type Float but found BFloat16"
     # under CPU bf16 autocast on torch 2.0.1), so QAT fine-tunes in float32 whatever the run's precision
     tunes_in_float32 = True
@@ -126,7 +148,7 @@ class QatQuant(FineTuning, Recipe):
 
     @property
     def label(self):
-        return "Quantization-Aware Training" + (" (KD)" if self.distill else ""), "int8"
+        return "Quantization-Aware Training" + (" (KD)" if self.distill else ""), self.dtype
 
     @property
     def short(self):
@@ -193,6 +215,9 @@ def _(recipe: StaticQuant, spec):
     return quant_ao.static(build_model(spec), calibrate=None, **recipe.scheme)
 
 
+offer(StaticQuant, "quantize", "static", "Static int8 of the whole network, calibrated (torch.ao).")
+offer(DynamicQuant, "quantize", "dynamic", "Dynamic quantization of the Linear layers (torch.ao).")
+offer(QatQuant, "quantize", "qat", "Quantization-aware training, then int8 (torch.ao).")
 register(DynamicQuant("float16"), DynamicQuant("int8"), StaticQuant(fuse=False), StaticQuant(fuse=True),
          sets=("report",))
 register(QatQuant(), QatQuant(distill=True), sets=("beyond",))

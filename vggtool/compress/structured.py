@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, register, register_stack
+from vggtool.compress.base import Built, FineTuning, Output, Recipe, apply, offer, option, register, register_stack
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import evaluate, torch_predict
@@ -39,15 +39,18 @@ class StructuredPrune(FineTuning, Recipe):
     output = Output.FLOAT
     stem_fields = ("amount", "distill", "sensitivity_images")  # sensitivity is a figure: it changes no weight
 
-    amount: float = 0.5
-    target: str = "params"
-    importance: str = "l1"
-    allocation: str = "uniform"
-    prune_linear: bool = True
-    steps: int = 1
-    slimming_epochs: int = 0
-    slimming_penalty: float = 1e-4
-    sensitivity_images: int = 0
+    amount: float = option(0.5, "Fraction of the parameters (or MACs, --target macs) removed.")
+    target: str = option("params", "What --amount counts.", choices=TARGETS)
+    importance: str = option("l1", "Rank filters by L1 or L2 norm, or by BatchNorm scale.", choices=IMPORTANCES)
+    allocation: str = option("uniform", "The same share from every layer, or one ranking across layers.",
+                             choices=ALLOCATIONS)
+    prune_linear: bool = option(True, "Leave the hidden Linear layers whole.", off="keep-linear")
+    steps: int = option(1, "Prune a little, fine-tune, repeat, in this many rounds.")
+    slimming_epochs: int = option(0, "First train this many epochs with an L1 penalty on BatchNorm scales "
+                                     "(network slimming).")
+    slimming_penalty: float = option(1e-4, "That penalty's weight.")
+    sensitivity_images: int = option(0, "Also record validation error after pruning 0.1..0.9 without fine-tuning, "
+                                        "on this many validation images (0: off).")
     finetune_epochs: int = 5  # a pruned model needs retraining: on by default, unlike L1Prune's
 
     def __post_init__(self):
@@ -165,6 +168,8 @@ def _(recipe: StructuredPrune, source, ctx, workdir):
     return Built(rebuilt.eval(), spec, figures)
 
 
+offer(StructuredPrune, "prune", "structured", "Remove whole filters and hidden units (Torch-Pruning): smaller "
+      "and faster.")
 for _amount in (0.5, 0.75, 0.9):
     register(StructuredPrune(amount=_amount, distill=True), sets=("beyond",))
     register_stack(f"structured-{_amount:g}-kd", "static-int8-fused", sets=("beyond",))
