@@ -46,18 +46,19 @@ class RecipeCommand(click.Command):
     (none where the command has one mode, offered with flag "") and an option per field."""
 
     def __init__(self, *args, modes: tuple[str, ...] = ("",), **kwargs):
-        self.modes, self._made, self._own = modes, None, []
+        self.modes, self._made, self._params = modes, None, []
         super().__init__(*args, **kwargs)
 
     @property
     def params(self) -> list[click.Parameter]:
-        if self._made is None:
+        if self._made is None:  # one list, made once: click appends its --help option to it
             self._made = recipe_params(self.name, self.modes)
-        return [*self._made, *self._own]
+            self._params[:0] = self._made
+        return self._params
 
     @params.setter
     def params(self, value):
-        self._own = value
+        self._params = value
 
     def invoke(self, ctx):
         given = {p.name: ctx.params.pop(p.name) for p in self._made}
