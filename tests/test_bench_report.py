@@ -61,17 +61,21 @@ def test_console_table_matches_golden(naming):
     assert report.render_console(naming(), width=100) == (FIXTURES / "console.golden.txt").read_text()
 
 
-def test_the_console_table_keeps_every_figure_whole_at_100_columns_with_long_names():
+def test_the_console_table_keeps_every_figure_whole_at_100_columns_with_long_labels():
     results = renamed(fixture())
     results["rows"][4]["variant"] = "structured-0.7-kd-finetuneepochs8+static-int8-fused-enginex86"
+    results["rows"][5]["variant"] = "a-variant-name-no-recipe-reads-and-longer-than-any-column-of-the-table"
     out = report.render_console(results, width=100)
     assert max(len(line) for line in out.splitlines()) <= 100 and "…" not in out
-    for r in results["rows"]:
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    starts = [c for c in cells if c[1]]  # each row's first line holds all its figures
+    rows = report.ordered(report.upgrade(results)["rows"])
+    assert len(starts) == len(rows)
+    for r, first in zip(rows, starts):
+        assert r["label"].startswith(first[0])
         if r["status"] == "ok":
-            row = next(line for line in out.splitlines() if line.startswith(f"│ {r['variant'][:26]} "))
-            for figure in (f"{r['batch_ms']:.2f}", f"{r['batch_speedup']:.2f}", f"{r['b1_ms_median']:.2f}",
-                           f"{r['b1_speedup']:.2f}", f"{r['size_mb']:.2f}"):
-                assert f" {figure} " in row, (figure, row)
+            assert first[2:7] == [f"{r['batch_ms']:.2f}", f"{r['batch_speedup']:.2f}", f"{r['b1_ms_median']:.2f}",
+                                  f"{r['b1_speedup']:.2f}", f"{r['size_mb']:.2f}"]
 
 
 def test_batched_columns_are_titled_with_the_batch_size():
@@ -84,7 +88,9 @@ def test_batched_columns_are_titled_with_the_batch_size():
 
 def test_old_results_load_in_the_current_naming(tmp_path):
     shutil.copy(FIXTURES / "results.json", tmp_path / "results.json")
-    assert report.load_results(tmp_path)["rows"] == renamed(fixture())["rows"]
+    loaded = report.load_results(tmp_path)["rows"]
+    assert [{k: row[k] for k in old} for row, old in zip(loaded, renamed(fixture())["rows"], strict=True)] == \
+        renamed(fixture())["rows"]
 
 
 def test_publish_writes_results_report_and_plots(tmp_path):
@@ -115,23 +121,48 @@ def crowded(points):
     return {**results, "rows": rows}
 
 
-@pytest.mark.parametrize("results, scale", [
-    (fixture(), "linear"),
+ALONE = ["1, 2", "3", "4", "5", "6", "7", "8"]  # baseline and dynamic-fp16: 4.41 and 4.38 ms at one error
+CLUSTER = ["1, 2, 3, 4, 5, 6, 7", "8"]
+
+
+@pytest.mark.parametrize("results, scale, texts", [
+    (fixture(), "linear", ALONE),
     # seven variants on one spot (a few pixels apart), one far away
-    (crowded([(4.40 + 0.005 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(1.2, 0.45)]), "linear"),
-    (crowded([(4.0 + 0.01 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(0.3, 0.45)]), "log"),  # latencies > 10x apart
+    (crowded([(4.40 + 0.005 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(1.2, 0.45)]), "linear", CLUSTER),
+    (crowded([(4.0 + 0.01 * i, 0.33 + 0.0002 * i) for i in range(7)] + [(0.3, 0.45)]), "log", CLUSTER),  # > 10x apart
 ])
-def test_plot_labels_do_not_overlap(results, scale):
+def test_plot_labels_do_not_overlap(results, scale, texts):
     fig, labels = report.error_vs_latency(results)
     ax, renderer = fig.axes[0], fig.canvas.get_renderer()
-    boxes = [label.get_window_extent(renderer) for label in labels]
-    assert len(boxes) == 8 and ax.get_xscale() == scale
-    for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes), 2):
-        assert not box_a.overlaps(box_b), f"{a.get_text()} overlaps {b.get_text()}"
-    points, frame = ax.transData.transform([label.xy for label in labels]), ax.get_window_extent(renderer)
-    for label, box in zip(labels, boxes):
-        assert box.count_contains(points) == 0, f"{label.get_text()} covers a marker"
-        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), f"{label.get_text()} leaves the axes"
+    assert ax.get_xscale() == scale
+    numbers = sorted(int(n) for label in labels for n in label.get_text().split(", "))
+    assert numbers == list(range(1, 9))  # every point numbered once: alone, or in its cluster's label
+    keys = [t for t in fig.texts]
+    assert [t.get_text().split(maxsplit=1)[1] for t in keys] == [r["label"] for r in report.ordered(
+        report.upgrade(results)["rows"]) if r["status"] == "ok"]
+    for group in (labels, keys):
+        boxes = [t.get_window_extent(renderer) for t in group]
+        for (a, box_a), (b, box_b) in itertools.combinations(zip(group, boxes), 2):
+            assert not box_a.overlaps(box_b), f"{a.get_text()} overlaps {b.get_text()}"
+    frame = fig.bbox
+    for t in labels + keys:
+        box = t.get_window_extent(renderer)
+        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), f"{t.get_text()} leaves the figure"
+    assert [t.get_text() for t in labels] == texts  # numbers that would touch share a label
+
+
+def test_plot_keys_twenty_variants_without_overlap():
+    results = renamed(fixture())
+    template = next(r for r in results["rows"] if r["variant"] == "static-int8")
+    results["rows"] = [dict(results["rows"][0])] + [
+        {**template, "variant": f"structured-0.{i + 10}-kd", "batch_ms": 1.0 + 0.002 * i, "top1_err": 0.34 + 1e-4 * i}
+        for i in range(23)]
+    fig, labels = report.error_vs_latency(results)
+    renderer = fig.canvas.get_renderer()
+    for group in (labels, fig.texts):
+        boxes = [t.get_window_extent(renderer) for t in group]
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    assert len(fig.texts) == 24 and all(fig.bbox.contains(*t.get_window_extent(renderer).p1) for t in fig.texts)
 
 
 def test_report_command_renders_without_measuring(tmp_path, workspace):
@@ -224,9 +255,9 @@ def test_the_report_states_each_fine_tuning_its_epochs_precision_and_minutes():
     }
     md = report.render_markdown(results)
     section = md.split("## Fine-tuning")[1].split("\n## ")[0]
-    assert "| `prune-global-0.6` | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
-    assert "| `static-int8` | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section  # the last round's best was kept
-    assert "| `dynamic-int8` | 1 | ? | - | 0.500 | 0.333 |" in section
+    assert "| global L1 0.6 | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
+    assert "| static int8 | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section  # the last round's best was kept
+    assert "| dynamic int8 | 1 | ? | - | 0.500 | 0.333 |" in section
     assert "## Fine-tuning" not in report.render_markdown(fixture())
 
 
@@ -239,17 +270,21 @@ def test_the_summary_names_the_fastest_and_smallest_within_one_point_of_the_base
     rows = [row("baseline", 0.400, 1.0, 1.0, 160.0), row("quick-but-wrong", 0.420, 30.0, 30.0, 1.0),
             row("fast-b1", 0.405, 12.0, 5.0, 40.0), row("fast-batch", 0.409, 8.0, 9.0, 30.0),
             row("tiny", 0.410, 1.1, 1.0, 3.2)]
-    lines = report._summary(rows, 16, {"cpu_model": "Test CPU", "cpu_flags": "avx2"})[2].splitlines()
+    def summary(rows, env):
+        return report.summary(report.upgrade({"rows": rows})["rows"], 16, report.upgrade({"rows": [],
+                                                                                          "environment": env})[
+            "environment"])
+
+    lines = summary(rows, {"cpu_model": "Test CPU", "cpu_flags": "avx2"})[2].splitlines()
     assert lines == [
-        "- **Baseline** `baseline`: top-1 / top-5 error 0.400 / 0.100, 10.00 ms per image at batch 1, 4.00 at batch 16, "
-        "160.00 MB.",
-        "- **Fastest at batch 1** within 1 point: `fast-b1` (Fast-B1), top-1 error 0.405 (+0.5 points), 12.00x at "
-        "batch 1, 5.00x at batch 16, 40.00 MB (4.0x smaller).",
-        "- **Fastest at batch 16** within 1 point: `fast-batch` (Fast-Batch), top-1 error 0.409 (+0.9 points), 8.00x at "
-        "batch 1, 9.00x at batch 16, 30.00 MB (5.3x smaller).",
-        "- **Smallest** within 1 point: `tiny` (Tiny), top-1 error 0.410 (+1.0 points), 1.10x at batch 1, 1.00x at "
-        "batch 16, 3.20 MB (50.0x smaller).",
+        "- **Baseline**: top-1 / top-5 error 0.400 / 0.100, 10.00 ms per image at batch 1, 4.00 at batch 16, 160.00 MB.",
+        "- **Fastest at batch 1** within 1 point: fast-b1 (top-1 error 0.405, +0.5 points; 12.00x at batch 1, 5.00x at "
+        "batch 16; 40.00 MB, 4.0x smaller).",
+        "- **Fastest at batch 16** within 1 point: fast-batch (top-1 error 0.409, +0.9 points; 8.00x at batch 1, 9.00x "
+        "at batch 16; 30.00 MB, 5.3x smaller).",
+        "- **Smallest** within 1 point: tiny (top-1 error 0.410, +1.0 points; 1.10x at batch 1, 1.00x at batch 16; "
+        "3.20 MB, 50.0x smaller).",
     ]
-    assert report._summary([rows[0], rows[1]], 16, {})[2].splitlines()[1:] == [
+    assert summary([rows[0], rows[1]], {})[2].splitlines()[1:] == [
         f"- **{t}**: no variant within 1 point of the baseline's error."
         for t in ("Fastest at batch 1", "Fastest at batch 16", "Smallest")]

@@ -457,33 +457,14 @@ def compare_cmd(first, second, write_to):
       vggtool bench --quick --results-dir runs/quick/bench-b
       vggtool compare runs/quick/bench-a runs/quick/bench-b
     """
-    from rich.table import Table
+    from vggtool.report import compare, comparison_lines, comparison_table, load_results, write_comparison
 
-    from vggtool.files import write_text
-    from vggtool.report import baseline_moved, compare, durations, load_results, moved, render_comparison
-
-    if write_to is not None and write_to.name == "results.json":
-        raise VggtoolError(f"--write {write_to}: refusing to write markdown over a results.json; name it e.g. SPREAD.md")
     cmp = compare(load_results(first), load_results(second))
     if write_to:  # before anything is printed: a failed write is the only line shown
-        try:
-            write_text(write_to, render_comparison(cmp, (str(first), str(second))))
-        except OSError as e:
-            raise VggtoolError(f"cannot write {write_to}: {e.strerror or e}") from None
-    t = Table(title="speed-ups over baseline: first / second (moved)")
-    for c in ("variant", "batch", "b1"):
-        t.add_column(c, no_wrap=c == "variant", justify="left" if c == "variant" else "right")
-    for name, v in cmp["variants"].items():
-        t.add_row(name, *(f"{v[k][0]:.2f} / {v[k][1]:.2f} ({100 * moved(v[k]):.1f}%)"
-                          for k in ("batch_speedup", "b1_speedup")))
-    console.print(t)
-    console.print(f"largest difference: {100 * cmp['batch_speedup_max_rel_diff']:.1f}% (batch), "
-                  f"{100 * cmp['b1_speedup_max_rel_diff']:.1f}% (batch 1)")
-    for said in (durations(cmp), baseline_moved(cmp)):
-        if said:
-            console.print(said)
-    if cmp["settings_differ"]:
-        console.print("the two benches differ in " + ", ".join(cmp["settings_differ"]) + ": not only noise")
+        write_comparison(cmp, (str(first), str(second)), write_to)
+    console.print(comparison_table(cmp))
+    for line in comparison_lines(cmp):
+        console.print(line)
     if write_to:
         console.print(f"wrote {write_to}")
 

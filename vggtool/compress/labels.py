@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import MISSING, fields
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 from vggtool.compress.base import RECIPE_TYPES, REGISTRY, Recipe, steps
@@ -99,7 +99,7 @@ def _top_level_split(text: str) -> list[str]:
     return parts + [text[start:]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse_step(part: str) -> Recipe:
     if part in REGISTRY:
         return REGISTRY[part]
@@ -141,12 +141,12 @@ def _tails(part: str, spelled: dict[str, str], defaults: dict):
     if not spelled:
         return
     option = "|".join(sorted(map(re.escape, spelled), key=len, reverse=True))
-    for match in re.finditer(r"-(?=(?:%s))" % option, part):
+    for match in re.finditer(f"-(?=(?:{option}))", part):
         suffix = part[match.start():]
-        if re.fullmatch(r"(?:-(?:%s)[^-]*)+" % option, suffix):
+        if re.fullmatch(f"(?:-(?:{option})[^-]*)+", suffix):
             try:
                 yield {spelled[key]: _value(text, defaults[spelled[key]])
-                       for key, text in re.findall(r"-(%s)([^-]*)" % option, suffix)}
+                       for key, text in re.findall(f"-({option})([^-]*)", suffix)}
             except ValueError:
                 continue
 
