@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,16 +36,29 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+class TensorCodec:
+    """How a kind of tensor that storage does not know itself is stored as plain tensors: `encode(value, key,
+    tensors)` returns the layout entry (holding `tag`) or None when the value is not of its kind; `decode(entry,
+    tensors)` rebuilds it. Registered by the module that owns the kind (quantized tensors: vggtool.quant_ao)."""
+
+    def __init__(self, tag: str, encode: Callable, decode: Callable):
+        self.tag, self.encode, self.decode = tag, encode, decode
+
+
+CODECS: dict[str, TensorCodec] = {}
+
+
+def register_codec(codec: TensorCodec) -> None:
+    CODECS[codec.tag] = codec
+
+
 def _encode(value, key: str, tensors: dict):
     if isinstance(value, torch.Tensor):
+        for codec in CODECS.values():
+            if (entry := codec.encode(value, key, tensors)) is not None:
+                return entry
         if value.is_quantized:
-            tensors[key] = value.int_repr().contiguous()
-            if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-                return {"q": "tensor", "t": key, "dtype": str(value.dtype), "scale": value.q_scale(),
-                        "zero_point": value.q_zero_point()}
-            tensors[key + ".scales"] = value.q_per_channel_scales().contiguous()
-            tensors[key + ".zero_points"] = value.q_per_channel_zero_points().contiguous()
-            return {"q": "channel", "t": key, "dtype": str(value.dtype), "axis": value.q_per_channel_axis()}
+            raise VggtoolError(f"cannot store {key}: no codec for quantized tensors is registered")
         tensors[key] = value.detach().contiguous().clone()
         return {"t": key}
     if isinstance(value, (tuple, list)):
@@ -62,13 +76,11 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _decode(spec: dict, tensors: dict):
-    if "q" in spec:
-        from vggtool.quant_ao import make_quantized
-
-        ints = tensors[spec["t"]]
-        if spec["q"] == "tensor":
-            return make_quantized(ints, spec["scale"], spec["zero_point"])
-        return make_quantized(ints, tensors[spec["t"] + ".scales"], tensors[spec["t"] + ".zero_points"], spec["axis"])
+    for tag, codec in CODECS.items():
+        if tag in spec:
+            return codec.decode(spec, tensors)
+    if "q" in spec:  # a quantized model's file, read before its recipe (and so vggtool.quant_ao) was imported
+        raise VggtoolError("this file holds quantized tensors: load it as a variant (`vggtool evaluate --variant`)")
     if "t" in spec:
         return tensors[spec["t"]]
     if "seq" in spec:

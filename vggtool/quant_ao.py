@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from vggtool import checkpoint
 from vggtool.errors import VggtoolError
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -38,6 +39,29 @@ def make_quantized(ints: torch.Tensor, scale, zero_point, axis: int | None = Non
         if axis is None:
             return torch._make_per_tensor_quantized_tensor(ints, scale, zero_point)
         return torch._make_per_channel_quantized_tensor(ints, scale, zero_point, axis)
+
+
+def _encode_quantized(value: torch.Tensor, key: str, tensors: dict) -> dict | None:
+    """A quantized tensor as its integers plus scale(s) and zero point(s), for vggtool.checkpoint."""
+    if not value.is_quantized:
+        return None
+    tensors[key] = value.int_repr().contiguous()
+    if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return {"q": "tensor", "t": key, "dtype": str(value.dtype), "scale": value.q_scale(),
+                "zero_point": value.q_zero_point()}
+    tensors[key + ".scales"] = value.q_per_channel_scales().contiguous()
+    tensors[key + ".zero_points"] = value.q_per_channel_zero_points().contiguous()
+    return {"q": "channel", "t": key, "dtype": str(value.dtype), "axis": value.q_per_channel_axis()}
+
+
+def _decode_quantized(entry: dict, tensors: dict) -> torch.Tensor:
+    ints = tensors[entry["t"]]
+    if entry["q"] == "tensor":
+        return make_quantized(ints, entry["scale"], entry["zero_point"])
+    return make_quantized(ints, tensors[entry["t"] + ".scales"], tensors[entry["t"] + ".zero_points"], entry["axis"])
+
+
+checkpoint.register_codec(checkpoint.TensorCodec("q", _encode_quantized, _decode_quantized))
 
 
 def use_engine(engine: str) -> None:

@@ -90,10 +90,11 @@ def versions() -> dict:
 # ---------------------------------------------------------------- writing
 def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, force: bool = False,
                   name: str | None = None) -> dict:
-    """Apply `recipe` to `source` and write the variant folder atomically; returns its meta."""
+    """Apply `recipe` to `source`, store the result, measure its figures, and write the variant folder
+    atomically; returns its meta."""
     with atomic_dir(dest, force=force) as tmp:
         built = apply(recipe, source, ctx, tmp)
-        figures = _figures(recipe, source, built, tmp)
+        stored = store(recipe, built, tmp)
         meta = {
             "name": name or Path(dest).name,
             "recipe": recipe.to_dict(),
@@ -103,33 +104,42 @@ def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, forc
             "versions": versions(),
             "quantized_engine": torch.backends.quantized.engine,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "figures": figures,
+            "figures": figures(recipe, source, built, stored),
             **built.meta,
         }
-        stored = stored_file(meta)
-        meta["sha256"] = {stored: checkpoint.sha256(tmp / stored)}  # verified on every load
+        kept = stored_file(meta)
+        meta["sha256"] = {kept: checkpoint.sha256(tmp / kept)}  # verified on every load
         write_json(tmp / META_FILE, meta)
     return meta
 
 
-def _figures(recipe: Recipe, source: Source, built: Built, folder: Path) -> dict:
-    if recipe.output is Output.ONNX:
-        if built.file is None or not built.file.is_file():
-            raise VggtoolError(f"recipe {recipe.name} declared ONNX output but wrote no file")
-        model = {k: v for k, v in model_figures(source.model).items() if k != "size_mb"}
-        return {**built.figures, **model, "size_mb": built.file.stat().st_size / 1e6, **file_figures(built.file)}
-    if built.model is None:
+def store(recipe: Recipe, built: Built, folder: Path) -> Path:
+    """The variant's model file: the one the recipe wrote (ONNX, or its own format), else the built
+    model's state dict saved as model.safetensors."""
+    if recipe.output is not Output.ONNX and built.model is None:
         raise VggtoolError(f"recipe {recipe.name} declared {recipe.output.value} output but built no model")
-    if built.file is not None:  # stored in the recipe's own format: that file's bytes are the size
-        if not built.file.is_file():
-            raise VggtoolError(f"recipe {recipe.name} named {built.file.name} as its stored file but wrote none")
-        model = model_figures(built.model)
-        dense = zlib.compress(checkpoint.to_bytes(built.model.state_dict(), {}), 6)
-        return {**model, **file_figures(built.file), **built.figures, "size_mb": built.file.stat().st_size / 1e6,
-                "state_dict_mb": model["size_mb"], "dense_zlib_bytes": len(dense)}
+    if recipe.output is Output.ONNX or built.file is not None:
+        if built.file is None or not built.file.is_file():
+            kind = "ONNX output" if recipe.output is Output.ONNX else f"{built.file.name} as its stored file"
+            raise VggtoolError(f"recipe {recipe.name} declared {kind} but wrote no file")
+        return built.file
     checkpoint.save(folder / MODEL_FILE, built.model.state_dict(), {"kind": "variant", "recipe": recipe.to_dict(),
                                                                     "spec": built.spec.to_dict()})
-    return {**model_figures(built.model), **file_figures(folder / MODEL_FILE), **built.figures}
+    return folder / MODEL_FILE
+
+
+def figures(recipe: Recipe, source: Source, built: Built, stored: Path) -> dict:
+    """Size, sparsity and parameter figures of a stored variant; writes nothing. The stored file's bytes are
+    the size; a model kept in its recipe's own format also gives its dense state dict's size beside it."""
+    if recipe.output is Output.ONNX:
+        model = {k: v for k, v in model_figures(source.model).items() if k != "size_mb"}
+        return {**built.figures, **model, "size_mb": stored.stat().st_size / 1e6, **file_figures(stored)}
+    if built.file is not None:
+        model = model_figures(built.model)
+        dense = zlib.compress(checkpoint.to_bytes(built.model.state_dict(), {}), 6)
+        return {**model, **file_figures(stored), **built.figures, "size_mb": stored.stat().st_size / 1e6,
+                "state_dict_mb": model["size_mb"], "dense_zlib_bytes": len(dense)}
+    return {**model_figures(built.model), **file_figures(stored), **built.figures}
 
 
 # ---------------------------------------------------------------- reading
