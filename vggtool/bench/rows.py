@@ -16,7 +16,7 @@ ROW_FIELDS = [
     "batch_speedup", "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "size_mb", "file_mb", "compressed_mb",
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
     "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
-    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi", "engine",
+    "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi", "engine", "label",
 ]
 
 
@@ -37,10 +37,11 @@ def labels(variant: Variant) -> tuple[str, str]:
     return (" + ".join(parents + [method]) if parents else method), kind
 
 
-def base_row(e: Entry) -> dict:
-    """What the variant says of itself: its labels and the figures measured when it was built."""
+def base_row(e: Entry, label: str) -> dict:
+    """What the variant says of itself: its labels (`label` the short one for tables and plots) and the
+    figures measured when it was built."""
     row = dict.fromkeys(ROW_FIELDS)
-    row.update(variant=e.name, status="ok" if e.variant else f"failed: {e.error}")
+    row.update(variant=e.name, label=label, status="ok" if e.variant else f"failed: {e.error}")
     if e.variant is not None:
         meta = e.variant.meta
         f = meta.get("figures", {})

@@ -21,7 +21,7 @@ from vggtool.bench.rows import Entry, base_row, part_spread, speedups, timing_fi
 from vggtool.bench.settings import BenchSettings, apply_settings
 from vggtool.bench.stats import estimator
 from vggtool.bench.timing import Timer, Timing, batch_rounds, load_part, planned_rounds, prepare
-from vggtool.compress import load_variant
+from vggtool.compress import display_labels, load_variant
 from vggtool.data import Split
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import evaluate
@@ -75,9 +75,10 @@ def score(entries: list[Entry], accuracy: Split, batch_size: int, progress: Prog
     A variant that fails is marked so and not timed; the others are dropped once scored (timing
     loads its own copies), keeping only their meta.json."""
     scored = prepare(accuracy, batch_size)
+    labels = display_labels(e.name for e in entries)  # unique within this bench
     rows: dict[str, dict] = {}
     for e in entries:
-        rows[e.name] = base_row(e)
+        rows[e.name] = base_row(e, labels[e.name])
         if e.variant is not None:
             done = [0]
 
