@@ -91,7 +91,7 @@ def _offered(mode) -> dict[str, tuple[dataclasses.Field, dict]]:
     return out
 
 
-def _default(mode, f: dataclasses.Field):
+def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
@@ -105,8 +105,8 @@ def _help(owners: dict[str, tuple], every_mode: bool) -> str:
     """The help of one option from its fields in each mode that has it: a prefix naming
     those modes unless all have it, then the help, then the defaults (per mode where they differ)."""
     by_help: dict[str, dict[str, str]] = {}
-    for flag, (f, meta, mode) in owners.items():
-        by_help.setdefault(meta["help"], {})[flag] = _shown(_default(mode, f))
+    for flag, (f, meta, _) in owners.items():
+        by_help.setdefault(meta["help"], {})[flag] = _shown(_default(f))
     parts = []
     for text, defaults in by_help.items():
         prefix = "" if every_mode and len(by_help) == 1 or not any(owners) else "/".join(defaults) + ": "
