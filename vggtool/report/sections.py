@@ -137,9 +137,11 @@ def layer_sensitivity(scans: dict[str, list[dict]], labels: dict[str, str]) -> l
 
 def names(rows: list[dict]) -> list[str]:
     """The one table that gives each label its variant's full name: what `vggtool compress --variant`,
-    `bench --variant` and the run's variants/ folder call it; # is its number in the error-latency plot."""
+    `bench --variant` and the run's variants/ folder call it, and the method its recipe declares; # is its
+    number in the error-latency plot."""
     number = {r["variant"]: str(i + 1) for i, r in enumerate(r for r in rows if r["status"] == "ok")}
     return ["## Variant names",
-            "Every label above, the variant it stands for, and its number in `error_vs_latency.png`.",
-            md_table(["#", "Label", "Variant"], [[number.get(r["variant"], "-"), r["label"], f"`{r['variant']}`"]
-                                                 for r in rows], [":-:", "-", "-"])]
+            "Every label above, the variant it stands for, its method, and its number in `error_vs_latency.png`.",
+            md_table(["#", "Label", "Variant", "Method"],
+                     [[number.get(r["variant"], "-"), r["label"], f"`{r['variant']}`", r["method"] or "-"]
+                      for r in rows], [":-:", "-", "-", "-"])]
