@@ -162,3 +162,19 @@ def test_every_registered_recipe_has_a_short_label_of_its_own():
     assert display_label("prune-global-0.6-linearamount0.9-finetuneepochs5+cluster-c6l4-finetuneepochs2") == \
         "global L1 0.6 + weight sharing c6/l4, fine-tuned"
     assert display_label("no-such-recipe-0.5") == "no-such-recipe-0.5"
+
+
+def test_a_recipe_type_that_cannot_name_itself_does_not_stop_the_labels():
+    from dataclasses import dataclass
+
+    from vggtool.compress import RECIPE_TYPES, Recipe
+
+    @dataclass(frozen=True)
+    class Nameless(Recipe):  # registers itself as a type, but has no stem
+        pass
+
+    try:
+        assert display_label("structured-0.35-finetuneepochs0") == "structured 0.35"
+        assert display_label("nothing-reads-this") == "nothing-reads-this"  # every type tried, Nameless too
+    finally:
+        del RECIPE_TYPES["Nameless"]

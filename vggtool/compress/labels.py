@@ -105,8 +105,11 @@ def _parse_step(part: str) -> Recipe:
         return REGISTRY[part]
     for cls in list(RECIPE_TYPES.values()):
         for recipe in _candidates(cls, part):
-            if recipe.name == part:
-                return recipe
+            try:
+                if recipe.name == part:
+                    return recipe
+            except Exception:  # noqa: BLE001  a type that cannot name itself (abstract, or a broken plugin) reads nothing
+                break
     raise VggtoolError(f"{part!r} names no known recipe")
 
 

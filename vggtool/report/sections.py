@@ -112,7 +112,7 @@ def sensitivity(scans: dict[str, list[dict]], labels: dict[str, str]) -> list[st
     """Validation error after structured pruning without fine-tuning, per amount removed."""
     parts = []
     for variant, rows in scans.items():
-        parts += [f"## Pruning sensitivity of {labels.get(variant, variant)}",
+        parts += [f"## Pruning sensitivity: {labels.get(variant, variant)}",
                   "Validation top-1 error right after removing each share, before any fine-tuning: where the "
                   "curve turns up, fine-tuning has the most to recover.",
                   md_table(["Removed", "Params (M)", "MACs (M)", "Val top-1 err"],
@@ -125,7 +125,7 @@ def layer_sensitivity(scans: dict[str, list[dict]], labels: dict[str, str]) -> l
     """int8 layer by layer: each weight layer quantized alone, the most harmful first."""
     parts = []
     for variant, rows in scans.items():
-        parts += [f"## int8 sensitivity per layer of {labels.get(variant, variant)}",
+        parts += [f"## int8 sensitivity per layer: {labels.get(variant, variant)}",
                   "Each layer quantized alone, the rest kept float: validation top-1 error and agreement with the "
                   "float model. The layers at the top are the candidates for `--exclude`.",
                   md_table(["Layer", "Val top-1 err (float)", "Top-1 agreement", "Max |logit diff|"],
