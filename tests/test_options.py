@@ -132,3 +132,29 @@ def test_help_of_the_main_command_imports_no_torch():
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+def test_train_and_bench_help_follow_their_dataclass_and_profile_defaults():
+    import dataclasses
+
+    from vggtool.config import option
+    from vggtool.options import config_params
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        epochs: int = option(7, "Epochs.")
+        rate: float = option(0.5, "Rate.")
+        kind: str = option("a", "Kind.", choices=("a", "b"))
+        augment: bool = option(True, "No augmentation.", off="no-augment")
+        hidden: int = 3  # no help: no option
+
+    params = {p.name: p for p in config_params(Settings, {"full": {}, "quick": {"epochs": 2}})}
+    assert set(params) == {"epochs", "rate", "kind", "augment"}
+    assert params["epochs"].help == "Epochs [full: 7, quick: 2]." and params["rate"].help == "Rate [default: 0.5]."
+    assert params["augment"].opts == ["--no-augment"] and params["augment"].flag_value is False
+    assert params["kind"].type.choices == ("a", "b") and all(p.default is None for p in params.values())
+    # the real commands: each profile's value shown, read off the dataclasses
+    train = invoke("train", "--help").output
+    assert "[full: 100, quick: 15, cpu: 30]" in " ".join(train.split())
+    bench = invoke("bench", "--help").output
+    assert "[default: 600, quick: 300]" in " ".join(bench.split())

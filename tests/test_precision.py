@@ -127,7 +127,7 @@ def test_a_float16_vgg_imports_into_float32(home, tmp_path, trained_run):
     ref = state["features.0.weight"]
     assert torch.allclose(model.state_dict()["features.0.weight"], ref, atol=1e-3 * ref.abs().max().item())
     # a bench of the imported run describes its baseline by the file it came from, not by default settings
-    from vggtool.bench import describe
+    from vggtool.bench.run import describe
     from vggtool.runs import Run
 
     assert describe(Run(tmp_path / "imported")) == {"run": "imported", "arch": "vgg11_bn", "width": 0.125,

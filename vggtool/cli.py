@@ -11,11 +11,9 @@ import click
 from rich.console import Console
 
 from vggtool import __version__
-from vggtool.bench.settings import BenchSettings, parse_cpus
 from vggtool.errors import VggtoolError
-from vggtool.options import FINITE, RecipeCommand
-from vggtool.paths import DATA_ENV, default_data_dir
-
+from vggtool.options import ConfigCommand, RecipeCommand, data_dir_option, run_dir_option, variant_options
+from vggtool.paths import default_data_dir
 
 # Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
 console = Console(width=None if sys.stdout.isatty() else 100)
@@ -39,25 +37,6 @@ class Group(click.Group):
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {message}", err=True)
-
-
-def data_dir_option(f):
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar=DATA_ENV,
-        default=None,
-        help=f"Folder holding cifar-100-python/ [env {DATA_ENV}; default ./data].",
-    )(f)
-
-
-def run_dir_option(f):
-    return click.option(
-        "--run-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Run directory [default: the run `vggtool train` last used].",
-    )(f)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,41 +85,13 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
     console.print(f"{kind} ready in {report.path}: {state}")
 
 
-@main.command()
+@main.command(cls=ConfigCommand, config="vggtool.config.TrainConfig")
 @data_dir_option
 @run_dir_option
 @click.option("--profile", default="full", show_default=True,
-              help="full = the report's recipe (a GPU); cpu = VGG19-BN in 30 epochs for a bf16 CPU; quick = minutes.")
-@click.option("--arch", default=None, help="vgg11_bn, vgg13_bn, vgg16_bn or vgg19_bn.")
-@click.option("--width", type=FINITE, default=None, help="Channel width multiplier (1.0 = the report's).")
-@click.option("--dropout", type=FINITE, default=None, help="Classifier dropout (the report's: 0.5).")
-@click.option("--epochs", type=int, default=None, help="Training epochs (full: 100, cpu: 30, quick: 15).")
-@click.option("--batch-size", type=int, default=None,
-              help="Global training batch, split over all processes (the report's: 128).")
-@click.option("--lr", type=FINITE, default=None, help="Peak learning rate (the report's: 0.1).")
-@click.option("--lr-scaling", type=click.Choice(["none", "linear"]), default=None,
-              help="none: --lr whatever the batch [default]; linear: --lr x batch-size / 128.")
-@click.option("--weight-decay", type=FINITE, default=None, help="SGD weight decay (the report's: 5e-4).")
-@click.option("--schedule", default=None, help="multistep (the report's) or onecycle.")
-@click.option("--val-size", type=int, default=None, help="Training images held out for model selection.")
-@click.option("--train-subset", type=int, default=None, help="Use only this many training images (0 = all).")
-@click.option("--seed", type=int, default=None, help="Seeds initialisation, the validation carve-out, order and augmentation.")
-@click.option("--device", default=None, help="auto, cpu or cuda.")
-@click.option("--no-augment", "augment", flag_value=False, default=None, help="Turn augmentation off.")
-@click.option("--rotation", type=FINITE, default=None, help="Augmentation rotation range in degrees (report: 15).")
-@click.option("--label-smoothing", type=FINITE, default=None, help="Cross-entropy label smoothing (report: 0; cpu: 0.1).")
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None,
-              help="Mixed precision of training steps: auto = bf16 on a GPU or a CPU that has it natively "
-                   "(avx512_bf16, amx_bf16), fp16 on older GPUs, else float32 [auto].")
-@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="Memory format: auto = channels_last on CUDA, contiguous on a CPU [auto].")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model for training.")
-@click.option("--sync-bn", is_flag=True, default=None,
-              help="Several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
-@click.option("--dist-timeout", type=FINITE, default=None,
-              help="Several processes: seconds a collective waits for the others before the job ends [300].")
+              help="full = the report's recipe (a GPU); cpu = VGG19-BN sized for a bf16 CPU; quick = minutes.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
-def train(data_dir, run_dir, profile, resume, compile_, **overrides):
+def train(data_dir, run_dir, profile, resume, **overrides):
     """Train a VGG-BN on CIFAR-100; keep the best epoch on the validation split.
 
     Defaults are the report's: vgg19_bn, 100 epochs, batch 128, SGD 0.9,
@@ -164,7 +115,6 @@ def train(data_dir, run_dir, profile, resume, compile_, **overrides):
 
     data_dir = data_dir or default_data_dir()
     run_dir = run_dir or runs_dir() / profile
-    overrides["compile"] = compile_
     if resume:
         cfg = c.resume(saved_config(run_dir), **overrides)
     else:
@@ -222,45 +172,16 @@ def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pi
                         [False, True, True, True]))
 
 
-def variant_options(f):
-    f = click.option("--force", is_flag=True, help="Replace a variant folder that already exists.")(f)
-    f = click.option("--name", default=None, help="Variant folder name [default: derived from the recipe].")(f)
-    f = click.option("--from-variant", default=None,
-                     help="Start from a float variant of the run (e.g. a pruned one) instead of the baseline.")(f)
-    f = click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Start from this model file instead of the run's baseline.")(f)
-    f = click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")(f)
-    f = run_dir_option(f)
-    return data_dir_option(f)
-
-
 def _build(recipe, data_dir, run_dir, checkpoint, from_variant, name, force, trust_pickle):
     from vggtool.compress import build
+    from vggtool.console import tuning_display
     from vggtool.runs import Run
 
     run = Run.open(run_dir)
     with console.status(f"building {name or recipe.name} ...") as status:
         metas = build(run, recipe, data_dir or default_data_dir(), name, checkpoint, from_variant, force, trust_pickle,
-                      _tuning_display(status))
+                      tuning_display(console, status))
     _print_variants(run, metas)
-
-
-def _tuning_display(status):
-    """Progress bars and a line per epoch while a recipe fine-tunes, in place of the spinner."""
-    from contextlib import contextmanager
-
-    from vggtool.console import TrainDisplay
-
-    @contextmanager
-    def display():
-        status.stop()
-        try:
-            with TrainDisplay(console) as shown:
-                yield shown
-        finally:
-            status.start()
-
-    return display
 
 
 def _print_variants(run, metas):
@@ -345,7 +266,7 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
       vggtool compress --variant structured-0.5-kd+static-int8-fused
     """
     from vggtool.compress import REGISTRY, STACKS, compress, selection, sets_of
-    from vggtool.console import table
+    from vggtool.console import table, tuning_display
     from vggtool.runs import Run
 
     if list_:
@@ -366,35 +287,16 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
             console.print(f"built {name}: {meta['figures']['size_mb']:.2f} MB")
 
         metas = compress(run, wanted, data_dir or default_data_dir(), checkpoint, force, trust_pickle, done,
-                         _tuning_display(status))
+                         tuning_display(console, status))
     _print_variants(run, metas)
 
 
-BENCH = BenchSettings()  # the measured defaults, shown in `bench --help`
-QUICK = BenchSettings.quick()
-
-
-@main.command(name="bench")
+@main.command(name="bench", cls=ConfigCommand, config="vggtool.bench.settings.BenchSettings")
 @data_dir_option
 @run_dir_option
 @click.option("--variant", "names", multiple=True, help="Measure only these (repeatable) [all built].")
-@click.option("--quick", is_flag=True, help="Minutes on 2 cores (the quick settings below).")
-@click.option("--threads", type=int, default=None, help="Threads for torch and ONNX Runtime [torch's].")
+@click.option("--quick", is_flag=True, help="Minutes on 2 cores: the quick values shown.")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
-@click.option("--batch-size", type=int, default=None, help=f"The protocol batch [{BENCH.batch_size}, the report's].")
-@click.option("--rounds", type=int, default=None, help=f"The fewest interleaved rounds [{BENCH.rounds}].")
-@click.option("--time-budget", type=FINITE, default=None,
-              help=f"Seconds of timing: rounds are added while it lasts; 0 = exactly --rounds "
-                   f"[{BENCH.time_budget:g}; quick: {QUICK.time_budget:g}].")
-@click.option("--loads", type=int, default=None, help=f"Parts, each loading every variant afresh [{BENCH.loads}].")
-@click.option("--protocol", type=click.Choice(["time", "report"]), default=None,
-              help="time: whole batches for --min-time [default]; report: each image once.")
-@click.option("--min-time", type=FINITE, default=None,
-              help=f"Seconds each timed block covers [{BENCH.min_time:g}; quick: {QUICK.min_time:g}].")
-@click.option("--latency-images", type=int, default=None,
-              help=f"Test images used for timing [all; quick: {QUICK.latency_images}].")
-@click.option("--accuracy-images", type=int, default=None,
-              help=f"Test images scored, class-balanced [all; quick: {QUICK.accuracy_images}].")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results.json/csv, REPORT.md and plots go [<run>/results].")
 def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
@@ -407,6 +309,7 @@ def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
       vggtool bench --cpus 0-1 --threads 2   # the study's figures
     """
     from vggtool.bench.run import bench_run
+    from vggtool.bench.settings import BenchSettings, parse_cpus
     from vggtool.console import BenchDisplay
     from vggtool.report import check_writable, console_table, publish
     from vggtool.runs import Run

@@ -4,10 +4,10 @@ profile, then explicit overrides; validated, frozen and saved with the run."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from vggtool.errors import VggtoolError
-from vggtool.models import ArchSpec
+from vggtool.models import PLANS, ArchSpec
 
 SCHEDULES = ("multistep", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -18,36 +18,49 @@ MAX_EPOCHS = 10_000
 REFERENCE_BATCH = 128  # the report's batch, which its lr 0.1 goes with
 
 
+def option(default, help: str, **meta):
+    """A field that is also a `vggtool train` option: its default and help are said here only
+    (`vggtool.options.config_params` makes the option; `choices` limits a text field, `off`
+    names the flag that turns a True field off)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "vgg19_bn"
-    width: float = 1.0
-    dropout: float = 0.5
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
+    arch: str = option("vgg19_bn", f"Architecture: {', '.join(PLANS)}.")
+    width: float = option(1.0, "Channel width multiplier (1.0 = the report's).")
+    dropout: float = option(0.5, "Classifier dropout.")
+    epochs: int = option(100, "Training epochs.")
+    batch_size: int = option(128, "Global training batch, split over all processes.")
+    lr: float = option(0.1, "Peak learning rate.")
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
+    weight_decay: float = option(5e-4, "SGD weight decay.")
+    schedule: str = option("multistep", "Learning-rate schedule (multistep: the report's, /5 at 30/60/90).",
+                           choices=SCHEDULES)
     milestones: tuple[int, ...] = (30, 60, 90)
     gamma: float = 0.2
     warmup_epochs: int = 1
-    val_size: int = 5000
-    train_subset: int = 0
+    val_size: int = option(5000, "Training images held out for model selection.")
+    train_subset: int = option(0, "Use only this many training images (0 = all).")
     eval_batch_size: int = 500
-    augment: bool = True
-    rotation: float = 15.0
-    label_smoothing: float = 0.0
-    channels_last: str = "auto"  # auto: on for CUDA, off on a CPU (precision.channels_last says why)
-    seed: int = 0
-    device: str = "auto"
+    augment: bool = option(True, "Turn augmentation off.", off="no-augment")
+    rotation: float = option(15.0, "Augmentation rotation range in degrees.")
+    label_smoothing: float = option(0.0, "Cross-entropy label smoothing.")
+    # auto: on for CUDA, off on a CPU (precision.channels_last says why)
+    channels_last: str = option("auto", "Memory format: auto = channels_last on CUDA, contiguous on a CPU.",
+                                choices=MEMORY_FORMATS)
+    seed: int = option(0, "Seeds initialisation, the validation carve-out, order and augmentation.")
+    device: str = option("auto", "Where to train.", choices=DEVICES)
     profile: str = "full"
     data_dir: str = ""
-    amp: str = "auto"  # auto: bf16 where the GPU or CPU has it natively; fp16 with a scaler on older GPUs
-    compile: bool = False  # torch.compile the training model
-    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch
-    lr_scaling: str = "none"  # none: lr as given whatever the batch; linear: lr * batch_size / 128
-    dist_timeout: float = 300.0  # seconds a collective may wait for another process
+    amp: str = option("auto", "Mixed precision of training steps: auto = bf16 on a GPU or a CPU that has it "
+                              "natively (avx512_bf16, amx_bf16), fp16 on older GPUs, else float32.",
+                      choices=AMP_MODES)
+    compile: bool = option(False, "torch.compile the model for training.")
+    sync_bn: bool = option(False, "Several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
+    lr_scaling: str = option("none", "none: --lr whatever the batch; linear: --lr x batch-size / 128.",
+                             choices=LR_SCALINGS)
+    dist_timeout: float = option(300.0, "Several processes: seconds a collective waits for the others.")
 
     @property
     def peak_lr(self) -> float:

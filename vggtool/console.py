@@ -88,6 +88,23 @@ class TrainDisplay:
         )
 
 
+def tuning_display(console: Console, status):
+    """For fine-tuning inside a `console.status` spinner: a context manager factory that pauses the
+    spinner while a TrainDisplay shows the epochs' bars and lines."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def display():
+        status.stop()
+        try:
+            with TrainDisplay(console) as shown:
+                yield shown
+        finally:
+            status.start()
+
+    return display
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], justify_right: Sequence[bool] | None = None) -> Table:
     rows = [[str(v) for v in r] for r in rows]
     t = Table(title=title)

@@ -13,10 +13,43 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from pathlib import Path
 
 import click
 
 from vggtool.errors import VggtoolError
+from vggtool.paths import DATA_ENV
+
+
+def data_dir_option(f):
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=DATA_ENV,
+        default=None,
+        help=f"Folder holding cifar-100-python/ [env {DATA_ENV}; default ./data].",
+    )(f)
+
+
+def run_dir_option(f):
+    return click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Run directory [default: the run `vggtool train` last used].",
+    )(f)
+
+
+def variant_options(f):
+    f = click.option("--force", is_flag=True, help="Replace a variant folder that already exists.")(f)
+    f = click.option("--name", default=None, help="Variant folder name [default: derived from the recipe].")(f)
+    f = click.option("--from-variant", default=None,
+                     help="Start from a float variant of the run (e.g. a pruned one) instead of the baseline.")(f)
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Start from this model file instead of the run's baseline.")(f)
+    f = click.option("--trust-pickle", is_flag=True, help="Allow a .pth checkpoint on torch < 2.10 (see `evaluate`).")(f)
+    f = run_dir_option(f)
+    return data_dir_option(f)
 
 
 class FiniteFloat(click.ParamType):
@@ -206,3 +239,50 @@ def build_recipe(command: str, flags: tuple[str, ...], values: dict):
         else:
             raise VggtoolError(f"{_spelling(name, meta)} applies to {owners} only")
     return mode.recipe(**mode.preset, **given)
+
+
+class ConfigCommand(click.Command):
+    """A command with an option per field of a config dataclass that has help metadata (`vggtool train`:
+    TrainConfig), its help showing each profile's default; made on first use, as RecipeCommand's."""
+
+    def __init__(self, *args, config: str = "", **kwargs):
+        self.config, self._made, self._params = config, None, []
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._made is None:
+            import importlib
+
+            module, _, name = self.config.rpartition(".")
+            found = importlib.import_module(module)
+            self._made = config_params(getattr(found, name), found.PROFILES)
+            self._params[:0] = self._made
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = value
+
+
+def config_params(cls, profiles: dict[str, dict]) -> list[click.Option]:
+    """An option per field of `cls` with help metadata, default None (given or not); the help ends with
+    the default, or each profile's where they differ ("[full: 100, cpu: 30, quick: 15]")."""
+    params = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        kind = _kind(f)
+        if kind == "bool":
+            how, tail = {"is_flag": True, "flag_value": "off" not in meta}, ""
+        else:
+            how = {"type": click.Choice(meta["choices"]) if "choices" in meta else TYPES[kind]}
+            values: dict[str, list[str]] = {}
+            for profile, chosen in profiles.items():
+                values.setdefault(_shown(chosen.get(f.name, _default(f))), []).append(profile)
+            tail = (f" [default: {next(iter(values))}]" if len(values) == 1 else
+                    " [" + ", ".join(f"{'/'.join(names)}: {v}" for v, names in values.items()) + "]")
+        params.append(click.Option([_spelling(f.name, meta), f.name], default=None,
+                                   help=meta["help"].rstrip(".") + tail + ".", **how))
+    return params

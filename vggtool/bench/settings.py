@@ -7,25 +7,31 @@ is the minutes-on-2-cores profile beside them, as `vggtool train` has its profil
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from vggtool.errors import VggtoolError
 
 PROTOCOLS = ("time", "report")
 
 
+def option(default, help: str, **meta):
+    """A setting that is also a `vggtool bench` option (`vggtool.options.config_params` makes it)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True, kw_only=True)
 class BenchSettings:
-    threads: int = 0  # 0: leave torch's default
+    threads: int = option(0, "Threads for torch and ONNX Runtime (0 = torch's default).")
     cpus: tuple[int, ...] = ()  # (): no pinning
-    batch_size: int = 16  # the report's protocol batch
-    rounds: int = 30  # the fewest interleaved rounds: many short blocks repeated better than a few long ones
-    time_budget: float = 600.0  # seconds of timing: more rounds while it lasts, up to MAX_ROUNDS (0: exactly `rounds`)
-    loads: int = 3  # the rounds in this many parts, every variant loaded afresh (and warmed) for each part
-    protocol: str = "time"  # time: whole batches until min_time; report: every timed image once
-    min_time: float = 0.2  # seconds each timed block covers at least (protocol time)
-    latency_images: int = 0  # 0: the whole test split, as the report
-    accuracy_images: int = 0  # 0: the whole test split; else a class-balanced subset of this many
+    batch_size: int = option(16, "The protocol batch (the report's).")
+    # many short blocks repeated sample the machine's changing speed better than a few long ones
+    rounds: int = option(30, "The fewest interleaved rounds.")
+    time_budget: float = option(600.0, "Seconds of timing: rounds are added while it lasts (0 = exactly --rounds).")
+    loads: int = option(3, "Parts, each loading every variant afresh.")
+    protocol: str = option("time", "time: whole batches for --min-time; report: each image once.", choices=PROTOCOLS)
+    min_time: float = option(0.2, "Seconds each timed block covers at least (protocol time).")
+    latency_images: int = option(0, "Test images used for timing (0 = all, as the report).")
+    accuracy_images: int = option(0, "Test images scored, class-balanced (0 = all).")
     # Measured defaults, not flags:
     warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
     single_calls: int = 3  # the fewest timed batch-1 calls a block
@@ -47,14 +53,18 @@ class BenchSettings:
 
     @classmethod
     def quick(cls, **chosen) -> BenchSettings:
-        """Minutes on 2 cores: time on 1000 test images in 0.03 s blocks for 300 s, score error on 2000."""
-        return replace(cls(latency_images=1000, accuracy_images=2000, min_time=0.03, time_budget=300.0), **chosen)
+        """Minutes on 2 cores: fewer images timed, in shorter blocks, for a shorter budget (PROFILES["quick"])."""
+        return replace(cls(**PROFILES["quick"]), **chosen)
 
     @classmethod
     def chosen(cls, quick: bool = False, **options) -> BenchSettings:
         """The defaults (or `quick()`), then every option that is not None."""
         given = {k: v for k, v in options.items() if v is not None}
         return cls.quick(**given) if quick else cls(**given)
+
+
+PROFILES = {"default": {}, "quick": {"latency_images": 1000, "accuracy_images": 2000, "min_time": 0.03,
+                                     "time_budget": 300.0}}
 
 
 def parse_cpus(text: str | None) -> tuple[int, ...]:

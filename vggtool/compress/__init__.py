@@ -69,7 +69,8 @@ for _plugin in entry_points(group="vggtool.recipes"):
 __all__ = [
     "Built", "Context", "META_FILE", "MODES", "MODEL_FILE", "ONNX_FILE", "Output", "RECIPE_TYPES", "REGISTRY",
     "Recipe", "SETS", "STACKS", "Source", "Tolerance", "Variant", "apply", "build", "build_variant",
-    "compress", "display_label", "display_labels", "load_variant", "lookup", "model_figures", "parse_name",
+    "compress", "display_label", "display_labels", "load_variant", "lookup", "model_figures", "offer", "option",
+    "parse_name", "selection", "sets_of",
     "read_meta", "recipe_from_dict", "register",
     "register_stack", "restore", "run_context", "skeleton", "source_from_checkpoint", "source_from_variant", "sparsity",
     "state_dict_mb", "stored_file", "steps", "versions",

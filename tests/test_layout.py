@@ -1,0 +1,39 @@
+"""The shape of the code: small modules, and storage that knows no recipe family."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vggtool"
+FAMILIES = {"vggtool.quant_ao", "vggtool.compress.quant_torch", "vggtool.compress.quant_onnx",
+            "vggtool.compress.quant_pt2e", "vggtool.compress.pruning", "vggtool.compress.structured",
+            "vggtool.compress.cluster", "vggtool.compress.onnx_export", "vggtool.compress.baseline"}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of the file (imports inside functions count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("storage", ["checkpoint.py", "files.py", "compress/artifact.py"])
+def test_storage_imports_no_quantization_or_pruning_module(storage):
+    assert not imported(PACKAGE / storage) & FAMILIES
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def g():\n    from vggtool.quant_ao import make_quantized\n")
+    assert imported(f) & FAMILIES
+
+
+def test_no_module_passes_400_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert not {name: n for name, n in sizes.items() if n > 400}
+    assert sizes["cli.py"] < 400
