@@ -322,9 +322,9 @@ def test_each_part_of_a_pass_loads_every_variant_afresh(own_run, home, tmp_path,
     loaded = []
     real = bt.load_variant
 
-    def counting(folder, threads):
+    def counting(folder, threads, runtime=None):
         loaded.append(Path(folder).name)
-        return real(folder, threads)
+        return real(folder, threads, runtime)
 
     monkeypatch.setattr(bt, "load_variant", counting)  # each part's copies
     monkeypatch.setattr(run, "load_variant", counting)  # the copy that is scored
@@ -355,7 +355,7 @@ def test_settings_are_built_by_keyword_with_the_measured_defaults_and_the_quick_
 
 def test_bench_help_is_short_and_shows_the_settings_defaults(monkeypatch):
     out = invoke("bench", "--help").output
-    assert len(out.splitlines()) < 40
+    assert len(out.splitlines()) < 42  # 38 before --runtime
     assert "[600; quick: 300]" in out and "[0.2; quick: 0.03]" in out
     for gone in ("--fresh-process", "--repeat-check", "--resume", "--idle-gap", "--warmup", "--single-calls"):
         assert gone not in out

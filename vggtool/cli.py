@@ -14,6 +14,7 @@ from vggtool import __version__
 from vggtool.errors import VggtoolError
 from vggtool.options import ConfigCommand, RecipeCommand, data_dir_option, run_dir_option, variant_options
 from vggtool.paths import default_data_dir
+from vggtool.runtimes import RUNTIMES
 
 # Logs and pipes get a wide console: rich's 80-column default would truncate the tables.
 console = Console(width=None if sys.stdout.isatty() else 100)
@@ -151,8 +152,10 @@ def train(data_dir, run_dir, profile, resume, **overrides):
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Images per forward pass (speed only).")
 @click.option("--trust-pickle", is_flag=True,
               help="Read a .pth on torch < 2.10, whose unpickler can run code even with weights_only=True.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Run an ONNX variant in this runtime [default: the variant's own].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pickle, as_json):
+def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pickle, runtime, as_json):
     """Top-1 and top-5 error of the baseline, a variant or any checkpoint."""
     from vggtool.console import table
     from vggtool.evaluate import evaluate as run_eval
@@ -160,7 +163,7 @@ def evaluate(data_dir, run_dir, checkpoint, variant, split, batch_size, trust_pi
 
     if batch_size <= 0:
         raise VggtoolError("batch-size must be positive")
-    target = evaluation_target(run_dir, checkpoint, variant, trust_pickle)
+    target = evaluation_target(run_dir, checkpoint, variant, trust_pickle, runtime)
     data_dir = data_dir or default_data_dir()
     result = run_eval(target.predict, target.batches(data_dir, split, batch_size))
     row = {"model": target.name, "split": split, **result.to_dict()}

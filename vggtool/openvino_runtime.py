@@ -58,6 +58,11 @@ def available() -> bool:
     return True
 
 
+def version() -> str:
+    """OpenVINO's version (a one-line error naming the install command where it is missing)."""
+    return _openvino().get_version()
+
+
 def _reason(error: Exception) -> str:
     """OpenVINO's messages name C++ source lines first; the last line says what is wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -276,6 +276,10 @@ def config_params(cls, profiles: dict[str, dict]) -> list[click.Option]:
         kind = _kind(f)
         if kind == "bool":
             how, tail = {"is_flag": True, "flag_value": "off" not in meta}, ""
+        elif kind == "tuple":  # repeatable, its default shown as the values joined
+            how = {"multiple": True, "metavar": meta.get("metavar"),
+                   **({"type": click.Choice(meta["choices"])} if "choices" in meta else {})}
+            tail = f" [{'|'.join(meta['choices'])}; default: {', '.join(map(str, _default(f)))}]"
         else:
             how = {"type": click.Choice(meta["choices"]) if "choices" in meta else TYPES[kind]}
             values: dict[str, list[str]] = {}

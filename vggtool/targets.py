@@ -11,6 +11,7 @@ from vggtool.data import Split, batches, load_split, load_splits
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
 from vggtool.runs import Run
+from vggtool.runtimes import key, resolve
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,13 @@ class Target:
 
 
 def evaluation_target(run_dir: Path | None, checkpoint_path: Path | None, variant: str | None,
-                      trust_pickle: bool = False) -> Target:
+                      trust_pickle: bool = False, runtime: str | None = None) -> Target:
+    """What to evaluate, in `runtime` (None: its own; vggtool.runtimes): a model file and the baseline are torch
+    models, so only a variant can run elsewhere."""
     if checkpoint_path is not None and variant is not None:
         raise VggtoolError("pass either --checkpoint or --variant, not both")
+    if runtime is not None and (variant is None or variant == "baseline"):
+        resolve("float", runtime, Path(checkpoint_path).name if checkpoint_path else "baseline")
     if checkpoint_path is not None:
         run = Run.open(run_dir) if run_dir is not None else None
         model, _, _ = checkpoint.load_model(checkpoint_path, None, trust_pickle)
@@ -41,6 +46,7 @@ def evaluation_target(run_dir: Path | None, checkpoint_path: Path | None, varian
         folder = run.variants_dir / variant
         if not folder.is_dir():
             raise VggtoolError(f"no variant {variant!r} in {run.variants_dir}: build it with `vggtool compress`")
-        return Target(variant, load_variant(folder).predict, run)
+        loaded = load_variant(folder, runtime=runtime)
+        return Target(key(variant, loaded.runtime, loaded.recipe.output.value), loaded.predict, run)
     model, _, _ = checkpoint.load_model(run.baseline_file())
     return Target("baseline", torch_predict(model), run)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from vggtool.bench.stats import bootstrap_center, bootstrap_ratio, pooled_median, quantile, spread
 from vggtool.bench.timing import Timing, batch_rounds
 from vggtool.compress import Variant
 from vggtool.models import macs, param_count
+from vggtool.runtimes import describe
 
 ROW_FIELDS = [
     "variant", "method", "type", "status", "top1_err", "top5_err", "batch_ms", "batch_ms_min", "batch_ms_max",
@@ -17,17 +19,21 @@ ROW_FIELDS = [
     "params", "nonzero_params", "sparsity_conv", "sparsity_all", "images_accuracy", "images_latency", "rounds",
     "macs", "arch_params", "batch_speedup_lo", "batch_speedup_hi", "b1_speedup_lo", "b1_speedup_hi", "images_timed",
     "calls_timed", "b1_calls", "state_dict_mb", "dense_zlib_mb", "batch_ms_lo", "batch_ms_hi", "engine", "label",
+    "runtime", "compute_precision", "runtime_settings",
 ]
 
 
 @dataclass
 class Entry:
-    """A variant on its way through the bench: loaded to be scored, then only its meta.json."""
+    """A variant in a runtime on its way through the bench: loaded to be scored, then only its meta.json.
+    `name` is the row's key (vggtool.runtimes.key); `runtime` None is the variant's own."""
 
     name: str
     variant: Variant | None
     error: str | None = None
     meta: dict | None = None
+    folder: Path | None = None
+    runtime: str | None = None
 
 
 def labels(variant: Variant) -> tuple[str, str]:
@@ -41,9 +47,11 @@ def base_row(e: Entry, label: str) -> dict:
     """What the variant says of itself: its labels (`label` the short one for tables and plots) and the
     figures measured when it was built."""
     row = dict.fromkeys(ROW_FIELDS)
-    row.update(variant=e.name, label=label, status="ok" if e.variant else f"failed: {e.error}")
+    row.update(variant=e.name, label=label, status="ok" if e.variant else f"failed: {e.error}", runtime=e.runtime)
     if e.variant is not None:
-        meta = e.variant.meta
+        meta, settings = e.variant.meta, e.variant.settings or {}
+        row.update(runtime=e.variant.runtime, compute_precision=settings.get("compute_precision"),
+                   runtime_settings=describe(settings) if settings else None)
         f = meta.get("figures", {})
         method, kind = labels(e.variant)
         row.update(method=method, type=kind, size_mb=f.get("size_mb"), file_mb=f.get("file_bytes", 0) / 1e6,

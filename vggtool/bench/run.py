@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from vggtool import runtimes as rt
 from vggtool.bench.env import environment, peak_rss_mb
 from vggtool.bench.rows import Entry, base_row, part_spread, speedups, timing_figures
 from vggtool.bench.settings import BenchSettings, apply_settings
 from vggtool.bench.stats import estimator
 from vggtool.bench.timing import Timer, Timing, batch_rounds, load_part, planned_rounds, prepare
-from vggtool.compress import display_labels, load_variant
+from vggtool.compress import display_labels, load_variant, read_meta
 from vggtool.data import Split
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import evaluate
@@ -57,16 +58,26 @@ def balanced_subset(split: Split, n: int) -> Split:
     return split.subset(keep.sort().values)
 
 
-def load_entries(variant_dirs: dict[str, Path], threads: int) -> list[Entry]:
-    entries = []
+def load_entries(variant_dirs: dict[str, Path], threads: int,
+                 runtimes: tuple[str, ...] = ("onnxruntime",)) -> tuple[list[Entry], dict[str, str]]:
+    """Each variant loaded in each runtime of `runtimes` it runs in (its own where none), one Entry per row;
+    and the rows skipped, with the reason (a torch model asked for in OpenVINO)."""
+    entries, skipped = [], {}
     for name, folder in variant_dirs.items():
         try:
-            entries.append(Entry(name, load_variant(folder, threads)))
-        except VggtoolError as e:
-            entries.append(Entry(name, None, str(e)))
-        except Exception as e:  # a corrupt artifact must not stop the others
-            entries.append(Entry(name, None, f"{type(e).__name__}: {e}"))
-    return entries
+            output = read_meta(folder)[1].output.value
+        except Exception:  # a folder that cannot be read fails below, in its own row
+            output = None
+        rows, skip = rt.plan(output, runtimes, name) if output else ({name: None}, {})
+        skipped.update(skip)
+        for key, runtime in rows.items():
+            try:
+                entries.append(Entry(key, load_variant(folder, threads, runtime), folder=folder, runtime=runtime))
+            except VggtoolError as e:
+                entries.append(Entry(key, None, str(e), folder=folder, runtime=runtime))
+            except Exception as e:  # a corrupt artifact must not stop the others
+                entries.append(Entry(key, None, f"{type(e).__name__}: {e}", folder=folder, runtime=runtime))
+    return entries, skipped
 
 
 def score(entries: list[Entry], accuracy: Split, batch_size: int, progress: Progress,
@@ -75,10 +86,11 @@ def score(entries: list[Entry], accuracy: Split, batch_size: int, progress: Prog
     A variant that fails is marked so and not timed; the others are dropped once scored (timing
     loads its own copies), keeping only their meta.json."""
     scored = prepare(accuracy, batch_size)
-    labels = display_labels(e.name for e in entries)  # unique within this bench
+    labels = display_labels(rt.variant_of(e.name) for e in entries)  # unique within this bench
     rows: dict[str, dict] = {}
     for e in entries:
-        rows[e.name] = base_row(e, labels[e.name])
+        output = e.variant.recipe.output.value if e.variant else None
+        rows[e.name] = base_row(e, rt.label(labels[rt.variant_of(e.name)], e.runtime, output))
         if e.variant is not None:
             done = [0]
 
@@ -111,10 +123,11 @@ class Timed:
     peaks: list[float] = field(default_factory=list)
 
 
-def time_variants(folders: dict[str, Path], latency: Split, settings: BenchSettings, progress: Progress) -> Timed:
-    """Step 2: interleaved rounds, as many as the time budget allows (at least `settings.rounds`),
-    in `settings.loads` parts that each load and warm every variant afresh. The budget covers the
-    parts' loading too. Progress is reported only between blocks, never inside one."""
+def time_variants(folders: dict[str, tuple[Path, str | None]], latency: Split, settings: BenchSettings,
+                  progress: Progress) -> Timed:
+    """Step 2: interleaved rounds of every row's variant (`folders`: key -> its folder and runtime), as many as
+    the time budget allows (at least `settings.rounds`), in `settings.loads` parts that each load and warm every
+    variant afresh. The budget covers the parts' loading too. Progress is reported only between blocks, never inside one."""
     names = list(folders)
     timed = Timed({n: [] for n in names}, {n: [] for n in names}, peaks=[peak_rss_mb()])
     if not names:  # nothing to time when every variant failed
@@ -183,16 +196,25 @@ def bench(variant_dirs: dict[str, Path], test: Split, settings: BenchSettings, o
     if not variant_dirs:
         raise VggtoolError("no variants to measure: build them with `vggtool compress`")
     apply_settings(settings)
-    entries = load_entries(variant_dirs, settings.threads)
+    runtimes = rt.expand(settings.runtime)
+    rt.check(runtimes)
+    entries, skipped = load_entries(variant_dirs, settings.threads, runtimes)
     progress = Progress(on_progress, len(entries), settings.rounds)
     rows = score(entries, balanced_subset(test, settings.accuracy_images), settings.batch_size, progress, on_row)
     live = [e for e in entries if e.meta is not None and e.error is None]
     latency = test.subset(torch.arange(min(len(test), settings.latency_images or len(test))))
-    timed = time_variants({e.name: variant_dirs[e.name] for e in live}, latency, settings, progress)
+    timed = time_variants({e.name: (e.folder, e.runtime) for e in live}, latency, settings, progress)
     progress("done")
     results = summarise(rows, timed, settings, len(latency), baseline, on_row)
+    if any(r in rt.OPENVINO for r in runtimes):
+        from vggtool.openvino_runtime import version
+
+        results["environment"]["openvino"] = version()
+    if skipped:
+        results["skipped"] = skipped
     for scan in ("sensitivity", "layer_sensitivity", "finetune"):  # recorded at build time, shown beside the figures
-        found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})}
+        found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})
+                 and e.name == rt.variant_of(e.name)}  # once per variant, not per runtime
         if found:
             results[scan] = found
     return results

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from vggtool.errors import VggtoolError
+from vggtool.runtimes import RUNTIMES
 
 PROTOCOLS = ("time", "report")
 
@@ -21,8 +22,11 @@ def option(default, help: str, **meta):
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSettings:
-    threads: int = option(0, "Threads for torch and ONNX Runtime (0 = torch's default).")
+    threads: int = option(0, "Threads for torch, ONNX Runtime and OpenVINO (0 = their default).")
     cpus: tuple[int, ...] = ()  # (): no pinning
+    runtime: tuple[str, ...] = option(("onnxruntime",), "Where ONNX variants run (repeatable; openvino adds "
+                                      "openvino-bf16 where the CPU has native bf16).", choices=RUNTIMES,
+                                      metavar="RUNTIME")
     batch_size: int = option(16, "The protocol batch (the report's).")
     # many short blocks repeated sample the machine's changing speed better than a few long ones
     rounds: int = option(30, "The fewest interleaved rounds.")
@@ -48,6 +52,9 @@ class BenchSettings:
                self.idle_gap, self.time_budget) < 0:
             raise VggtoolError("threads, warmup, latency images, accuracy images, min time, idle gap and time "
                                "budget must not be negative")
+        unknown = [r for r in self.runtime if r not in RUNTIMES]
+        if unknown or not self.runtime:
+            raise VggtoolError(f"unknown runtime {(unknown or [''])[0]!r}: choose one of {', '.join(RUNTIMES)}")
         if self.protocol not in PROTOCOLS:
             raise VggtoolError(f"unknown timing protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
@@ -59,7 +66,7 @@ class BenchSettings:
     @classmethod
     def chosen(cls, quick: bool = False, **options) -> BenchSettings:
         """The defaults (or `quick()`), then every option that is not None."""
-        given = {k: v for k, v in options.items() if v is not None}
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v not in (None, ())}
         return cls.quick(**given) if quick else cls(**given)
 
 

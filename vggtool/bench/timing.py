@@ -145,15 +145,15 @@ class Timer:
     """Every variant of a part loaded afresh and warmed (until its call time settles);
     `block` times one variant's turn of a round: its batch block, then its batch-1 block."""
 
-    def __init__(self, folders: dict[str, Path], latency: Split, settings: BenchSettings,
+    def __init__(self, folders: dict[str, tuple[Path, str | None]], latency: Split, settings: BenchSettings,
                  on_load: Callable[[str], None] | None = None):
         self.settings, self.variants = settings, {}
         self.timed, self.singles = timing_inputs(latency, settings.batch_size, settings.protocol)
         self.min_time = settings.min_time if settings.protocol == "time" else 0.0
-        for name, folder in folders.items():
+        for name, (folder, runtime) in folders.items():  # each row's variant in its runtime (None: its own)
             if on_load:
                 on_load(name)
-            self.variants[name] = variant = load_variant(folder, settings.threads)
+            self.variants[name] = variant = load_variant(folder, settings.threads, runtime)
             warm_up(variant.predict, [x for x, _ in self.timed], settings.warmup)
             warm_up(variant.predict, self.singles, settings.warmup)
 

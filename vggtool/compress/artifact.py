@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggtool import checkpoint, export
+from vggtool import checkpoint, export, runtimes
 from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, finalize, recipe_from_dict, restore, skeleton
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
@@ -158,6 +158,8 @@ class Variant:
     spec: ArchSpec
     predict: Predict
     model: nn.Module | None = None
+    runtime: str = "torch"  # what runs it: torch, onnxruntime, openvino or openvino-bf16 (vggtool.runtimes)
+    settings: dict | None = None  # the runtime's settings, read back from it where it has them
 
 
 def read_meta(folder: Path) -> tuple[dict, Recipe, ArchSpec]:
@@ -189,16 +191,25 @@ def verify(folder: Path, meta: dict) -> None:
                                "was built; rebuild the variant")
 
 
-def load_variant(folder: Path, threads: int = 0) -> Variant:
-    """Rebuild any variant folder as a predict function (fresh process safe; nothing pickled)."""
+def load_variant(folder: Path, threads: int = 0, runtime: str | None = None) -> Variant:
+    """Rebuild any variant folder as a predict function (fresh process safe; nothing pickled), in its own
+    runtime or in `runtime` (an ONNX file in OpenVINO: see vggtool.runtimes)."""
     folder = Path(folder)
     meta, recipe, spec = read_meta(folder)
     name = meta.get("name", folder.name)
+    runtime = runtimes.resolve(recipe.output.value, runtime, name)
     verify(folder, meta)
-    if recipe.output is Output.ONNX:
-        if not (folder / ONNX_FILE).exists():
-            raise VggtoolError(f"variant {folder.name} lacks {ONNX_FILE}")
-        return Variant(name, meta, recipe, spec, export.ort_predict(export.ort_session(folder / ONNX_FILE, threads)))
+    if recipe.output is Output.ONNX or runtime in runtimes.OPENVINO:
+        path = folder / stored_file(meta)
+        if not path.exists():
+            raise VggtoolError(f"variant {folder.name} lacks {path.name}")
+        if runtime in runtimes.OPENVINO:
+            from vggtool import openvino_runtime
+
+            predict, settings = openvino_runtime.compile_file(path, threads, runtimes.OPENVINO[runtime])
+            return Variant(name, meta, recipe, spec, predict, runtime=runtime, settings=settings)
+        return Variant(name, meta, recipe, spec, export.ort_predict(export.ort_session(path, threads)),
+                       runtime=runtime, settings={"runtime": runtime, "threads": threads})
     state = restore(recipe, folder, meta)
     model = skeleton(recipe, spec)
     try:

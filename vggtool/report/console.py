@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vggtool.report.results import ordered, upgrade
-from vggtool.report.text import fmt
+from vggtool.report.text import fmt, several_runtimes
 
 
 def console_table(results: dict) -> Table:
@@ -18,10 +18,15 @@ def console_table(results: dict) -> Table:
     results = upgrade(results)
     size = results["settings"]["batch_size"]
     t = Table(title=f"vggtool bench: error, ms/image at batch {size} and 1 (x = speed-up over baseline), size",
-              caption="b1 ms: the median of the batch-1 calls; intervals, top-5 and p90 in REPORT.md")
-    columns = ["variant", "top-1", f"b{size} ms", f"b{size} x", "b1 ms", "b1 x", "MB", "status"]
-    cells = [[r["label"], fmt(r["top1_err"], ".4f"), fmt(r["batch_ms"], ".2f"), fmt(r["batch_speedup"], ".2f"),
-              fmt(r["b1_ms_median"], ".2f"), fmt(r["b1_speedup"], ".2f"), fmt(r["size_mb"], ".2f"), r["status"]]
+              caption="b1 ms: the median of the batch-1 calls; intervals, top-5 and p90 in REPORT.md"
+              + (f"; {len(results['skipped'])} not run (torch models in OpenVINO: see REPORT.md)"
+                 if results["skipped"] else ""))
+    extra = several_runtimes(results["rows"])  # a runtime column where a bench ran variants in several
+    columns = ["variant"] + ["runtime"] * extra + ["top-1", f"b{size} ms", f"b{size} x", "b1 ms", "b1 x", "MB",
+                                                   "status"]
+    cells = [[r["label"]] + [r["runtime"] or "-"] * extra
+             + [fmt(r["top1_err"], ".4f"), fmt(r["batch_ms"], ".2f"), fmt(r["batch_speedup"], ".2f"),
+                fmt(r["b1_ms_median"], ".2f"), fmt(r["b1_speedup"], ".2f"), fmt(r["size_mb"], ".2f"), r["status"]]
              for r in ordered(results["rows"])]
     for i, c in enumerate(columns):
         widest = max([len(c)] + [len(row[i]) for row in cells])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vggtool.report import sections
 from vggtool.report.results import PUBLISHED, ordered, upgrade
 from vggtool.report.summary import summary
-from vggtool.report.text import fmt, md_table, points, speedup
+from vggtool.report.text import fmt, md_table, points, several_runtimes, speedup
 
 
 def render_markdown(results: dict) -> str:
@@ -28,10 +28,7 @@ def render_markdown(results: dict) -> str:
            "every class; without it every test image is scored)" if settings["accuracy_images"] and subject
            and images < subject["test_images"] else "") + ". " + _protocol(settings, ok)
         + " Size is `torch.save(state_dict)` in MB (ONNX and coded variants: the stored file).",
-        md_table(["Variant", "Type", "Top1err", "Top5err", "Runtime (ms)", "Model size (MB)"],
-                 [[r["label"], r["type"], fmt(r["top1_err"], ".3f"), fmt(r["top5_err"], ".3f"),
-                   fmt(r["batch_ms"], ".2f"), fmt(r["size_mb"], ".2f")] for r in ok],
-                 ["-", "-", ":-:", ":-:", ":-:", ":-:"]),
+        _all_variants(ok),
         *_latency(ok, settings, batch),
         *sections.architecture(ok, batch),
         *sections.stored_size(ok),
@@ -40,6 +37,7 @@ def render_markdown(results: dict) -> str:
         *sections.finetuning(results["finetune"], ok, labels),
         *sections.sensitivity(results["sensitivity"], labels),
         *sections.layer_sensitivity(results["layer_sensitivity"], labels),
+        *sections.runtimes(ok, results["skipped"], env),
     ]
     failed = [f"- {r['label']}: {r['status']}" for r in rows if r["status"] != "ok"]
     if failed:
@@ -48,6 +46,17 @@ def render_markdown(results: dict) -> str:
               "## Environment", "\n".join(f"- {k}: `{v}`" for k, v in env.items() if v is not None),
               "## Settings", "\n".join(f"- {k}: `{v}`" for k, v in settings.items() if v is not None)]
     return "\n\n".join(parts) + "\n"
+
+
+def _all_variants(ok: list[dict]) -> str:
+    """The report's columns, and the runtime where a bench ran variants in more than one."""
+    extra = several_runtimes(ok)
+    return md_table(["Variant", "Type"] + ["Runtime"] * extra + ["Top1err", "Top5err", "Runtime (ms)",
+                                                                 "Model size (MB)"],
+                    [[r["label"], r["type"]] + [r["runtime"] or "-"] * extra
+                     + [fmt(r["top1_err"], ".3f"), fmt(r["top5_err"], ".3f"), fmt(r["batch_ms"], ".2f"),
+                        fmt(r["size_mb"], ".2f")] for r in ok],
+                    ["-", "-"] + ["-"] * extra + [":-:"] * 4)
 
 
 def _about(subject: dict | None) -> str:

@@ -41,7 +41,7 @@ ROW_FIELDS = [
     "b1_ms_median", "b1_ms_p90", "b1_ms_iqr", "b1_speedup", "b1_speedup_lo", "b1_speedup_hi", "size_mb", "file_mb",
     "compressed_mb", "state_dict_mb", "dense_zlib_mb", "params", "nonzero_params", "sparsity_conv", "sparsity_all",
     "macs", "arch_params", "images_accuracy", "images_latency", "images_timed", "calls_timed", "b1_calls", "rounds",
-    "engine",
+    "engine", "runtime", "compute_precision", "runtime_settings",
 ]
 
 # What a setting an older results.json lacks meant when it was written (None: not recorded).
@@ -53,11 +53,12 @@ SETTINGS = {
     "estimator": None,  # before the bootstrap: medians of per-round speed-ups, no intervals
     "accuracy_images": 0, "idle_gap": 0.0, "time_budget": 0.0, "loads": 1, "fresh_process": False,
     "repeat_check": False,
+    "runtime": None,  # before --runtime: each variant in its own runtime (rows say which since)
 }
-ENVIRONMENT = ("date", "cpu_model", "cpu_flags", "bench_seconds", "torch", "onnxruntime")
+ENVIRONMENT = ("date", "cpu_model", "cpu_flags", "bench_seconds", "torch", "onnxruntime", "openvino")
 # Sections a bench adds when it measured them; empty (or None) where it did not.
 SECTIONS = {"subject": None, "repeat_check": None, "parts": None, "finetune": {}, "sensitivity": {},
-            "layer_sensitivity": {}}
+            "layer_sensitivity": {}, "skipped": {}}
 
 
 def upgrade(results: dict) -> dict:
@@ -67,6 +68,7 @@ def upgrade(results: dict) -> dict:
     rows = [_filled({RENAMED.get(k, k): v for k, v in row.items()}, dict.fromkeys(ROW_FIELDS))
             for row in results["rows"]]
     _label(rows)
+    _runtime(rows)
     recorded = results.get("settings", {})
     settings = _filled(recorded, SETTINGS)
     if "idle_before" not in settings:  # with the bootstrap, and before --time-budget: idle before each block
@@ -106,10 +108,35 @@ def _label(rows: list[dict]) -> None:
             r["label"] = made[r["variant"]] if made[r["variant"]] not in taken else r["variant"]
 
 
+def _runtime(rows: list[dict]) -> None:
+    """Name the runtime of every row that does not (benches before --runtime ran each variant in its own:
+    torch, or ONNX Runtime for an ONNX file, read from the recipes the variant's name stands for)."""
+    missing = [r for r in rows if r["runtime"] is None]
+    if not missing:
+        return
+    from vggtool.compress import parse_name  # the recipes: imported only when a runtime is missing
+    from vggtool.runtimes import OWN, variant_of
+
+    for r in missing:
+        if "@" in r["variant"]:
+            r["runtime"] = r["variant"].split("@", 1)[1]
+            continue
+        try:
+            r["runtime"] = OWN[parse_name(variant_of(r["variant"]))[-1].output.value]
+        except Exception:  # a name that reads as no recipe (a plugin not installed here): not known
+            pass
+
+
 def ordered(rows: list[dict]) -> list[dict]:
-    """The report's eight first, in its order, then the rest by name."""
+    """The report's eight first, in its order, then the rest by name; each variant's rows in other runtimes
+    after its own."""
     rank = {name: i for i, name in enumerate(REPORT_ORDER)}
-    return sorted(rows, key=lambda r: (rank.get(r["variant"], len(rank)), r["variant"]))
+
+    def order(r: dict) -> tuple:
+        name = r["variant"].split("@", 1)[0]
+        return rank.get(name, len(rank)), name, r["variant"] != name, r["variant"]
+
+    return sorted(rows, key=order)
 
 
 def save_results(results: dict, folder: Path) -> list[Path]:

@@ -145,3 +145,23 @@ def names(rows: list[dict]) -> list[str]:
             md_table(["#", "Label", "Variant", "Method"],
                      [[number.get(r["variant"], "-"), r["label"], f"`{r['variant']}`", r["method"] or "-"]
                       for r in rows], [":-:", "-", "-", "-"])]
+
+
+def runtimes(ok: list[dict], skipped: dict[str, str], env: dict) -> list[str]:
+    """Each row run in OpenVINO: the settings its compiled model was read back with, and the precision its
+    convolutions really computed in; the rows a bench skipped, and why."""
+    shown = [r for r in ok if r["runtime_settings"] and (r["runtime"] or "").startswith("openvino")]
+    if not shown and not skipped:
+        return []
+    parts = ["## Runtimes",
+             "Each ONNX variant was run in ONNX Runtime and in OpenVINO"
+             + (f" {env['openvino']}" if env.get("openvino") else "") + ": a row per variant and runtime, its "
+             "accuracy measured in that runtime. Settings and compute precision are read back from the compiled "
+             "model (f32 is set explicitly: OpenVINO computes in bf16 by default where the CPU has it)."]
+    if shown:
+        parts.append(md_table(["Variant", "Runtime", "Compute precision", "Settings", "Top1err"],
+                              [[r["label"], r["runtime"], r["compute_precision"] or "-", r["runtime_settings"],
+                                fmt(r["top1_err"], ".3f")] for r in shown], ["-", "-", "-", "-", ":-:"]))
+    if skipped:
+        parts.append("Not run: " + "; ".join(f"`{k}` ({why})" for k, why in skipped.items()) + ".")
+    return parts

@@ -26,3 +26,9 @@ def points(row: dict, base: dict | None) -> str:
     if base is None or row["top1_err"] is None or base["top1_err"] is None:
         return "-"
     return f"{100 * (row['top1_err'] - base['top1_err']):+.1f}"
+
+
+def several_runtimes(rows: list[dict]) -> bool:
+    """Whether a bench ran variants elsewhere than in their own runtime (`--runtime openvino`): then its tables
+    show a runtime column."""
+    return any("@" in r["variant"] for r in rows)
