@@ -37,7 +37,7 @@ def test_help_follows_a_recipe_default(monkeypatch):
     said = "calibration (never test images) [default: 1000]"
     assert said in " ".join(invoke("quantize", "--help").output.split()) and said in fresh_help("quantize")
     monkeypatch.setattr(calib_size, "default", 4321)
-    assert "calibration (never test images) [static: 4321, onnx/pt2e: 1000]" in fresh_help("quantize")
+    assert "calibration (never test images) [static: 4321, onnx/pt2e/nncf: 1000]" in fresh_help("quantize")
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_a_new_recipes_fields_are_options_with_their_defaults(group):
 @pytest.mark.parametrize("values,fragment", [
     ({"mode_static": True, "calibration": "entropy"}, "--calibration applies to --onnx only"),
     ({"mode_static": True, "dtype": "float16"}, "--dtype float16 applies to --dynamic only: --static is int8"),
-    ({"mode_static": True, "mode_qat": True}, "choose exactly one of --static, --dynamic, --qat, --onnx or --pt2e"),
+    ({"mode_static": True, "mode_qat": True}, "choose exactly one of --static, --dynamic, --qat, --onnx, --pt2e or --nncf"),
     ({"mode_onnx": True, "per_channel": False, "finetune_epochs": 2}, "--finetune-epochs applies to --qat only"),
 ])
 def test_an_option_another_mode_owns_is_refused(values, fragment):

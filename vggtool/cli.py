@@ -195,17 +195,18 @@ def _print_variants(run, metas):
         console.print(table(f"variants in {run.variants_dir}", *variant_figure_rows(metas)))
 
 
-@main.command(cls=RecipeCommand, modes=("static", "dynamic", "qat", "onnx", "pt2e"))
+@main.command(cls=RecipeCommand, modes=("static", "dynamic", "qat", "onnx", "pt2e", "nncf"))
 @variant_options
 def quantize(recipe, **common):
     """Quantization: static int8 (the report's), dynamic, quantization-aware
-    training, ONNX Runtime int8, or PyTorch 2 export.
+    training, ONNX Runtime int8, PyTorch 2 export, or NNCF int8 for OpenVINO.
 
     \b
       vggtool quantize --static --fuse                # the report's best variant
       vggtool quantize --dynamic --dtype float16
       vggtool quantize --qat --finetune-epochs 3 --distill
       vggtool quantize --onnx --calibration entropy --sensitivity-images 500
+      vggtool quantize --nncf --max-drop 0.005
       vggtool quantize --static --fuse --from-variant structured-0.5-kd
     """
     _build(recipe, **common)

@@ -49,6 +49,12 @@ def _openvino():
                            f"openvino=={OPENVINO_PIN} (requirements/current.txt on the current stack)") from None
 
 
+def openvino():
+    """The openvino module, imported with telemetry kept out (a one-line error naming the install command where
+    it is missing)."""
+    return _openvino()
+
+
 def available() -> bool:
     """Whether OpenVINO can be imported (with telemetry kept out first)."""
     try:
@@ -98,15 +104,21 @@ def _type_name(value) -> str:
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
-def compute_precisions(compiled) -> list[str]:
-    """The precisions the compiled model's convolutions and matrix products really run in (e.g. ['bf16'],
-    ['f32'], ['u8'] for int8), read from OpenVINO's runtime model."""
-    found = set()
+def layer_precisions(compiled) -> dict[str, str]:
+    """Each convolution and matrix product of a compiled model, by name, with the precision it really runs in
+    ('f32', 'bf16', 'u8' or 'i8' for int8), read from OpenVINO's runtime model."""
+    found = {}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         if "layerType" in info and info["layerType"].astype(str) in COMPUTE_LAYERS:
-            found.add(info["runtimePrecision"].astype(str))
-    return sorted(found)
+            found[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+    return found
+
+
+def compute_precisions(compiled) -> list[str]:
+    """The precisions the compiled model's convolutions and matrix products really run in (e.g. ['bf16'],
+    ['f32'], ['u8'] for int8)."""
+    return sorted(set(layer_precisions(compiled).values()))
 
 
 def settings(ov, compiled) -> dict:

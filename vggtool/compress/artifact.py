@@ -1,8 +1,8 @@
 """Variant folders: written atomically, read back, measured. Knows no recipe family.
 
-A variant folder holds `model.safetensors` (float or quantized output) or
-`model.onnx` (ONNX output), and `meta.json`: the recipe, what it produces, the
-architecture, the parent chain with sha256, library versions, the quantized
+A variant folder holds `model.safetensors` (float or quantized output),
+`model.onnx` (ONNX output) or `model.xml` and `model.bin` (OpenVINO IR output),
+and `meta.json`: the recipe, what it produces, the architecture, the parent chain with sha256, library versions, the quantized
 engine and the figures known at build time. `load_variant` turns any variant
 back into a predict function; how follows from the recipe's declared output.
 """
@@ -27,6 +27,8 @@ from vggtool.files import atomic_dir, read_json, write_json
 from vggtool.models import ArchSpec
 
 MODEL_FILE, ONNX_FILE, META_FILE = "model.safetensors", "model.onnx", "meta.json"
+IR_FILE, IR_WEIGHTS = "model.xml", "model.bin"  # an OpenVINO IR: the graph and its weights
+FILE_OUTPUTS = (Output.ONNX, Output.OPENVINO)  # outputs that are a file the recipe writes, not a torch model
 
 
 # ---------------------------------------------------------------- figures
@@ -38,7 +40,9 @@ def state_dict_mb(model: nn.Module) -> float:
 
 
 def file_figures(path: Path) -> dict:
-    data = Path(path).read_bytes()
+    """Bytes and zlib-compressed bytes of a stored model (an OpenVINO IR: its graph and weights together)."""
+    path = Path(path)
+    data = path.read_bytes() + (path.with_suffix(".bin").read_bytes() if path.suffix == ".xml" else b"")
     return {"file_bytes": len(data), "compressed_bytes": len(zlib.compress(data, 6)), "compressor": "zlib-6"}
 
 
@@ -107,8 +111,8 @@ def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, forc
             "figures": figures(recipe, source, built, stored),
             **built.meta,
         }
-        kept = stored_file(meta)
-        meta["sha256"] = {kept: checkpoint.sha256(tmp / kept)}  # verified on every load
+        kept = [stored_file(meta)] + ([IR_WEIGHTS] if recipe.output is Output.OPENVINO else [])
+        meta["sha256"] = {name: checkpoint.sha256(tmp / name) for name in kept}  # verified on every load
         write_json(tmp / META_FILE, meta)
     return meta
 
@@ -116,11 +120,12 @@ def build_variant(recipe: Recipe, source: Source, ctx: Context, dest: Path, forc
 def store(recipe: Recipe, built: Built, folder: Path) -> Path:
     """The variant's model file: the one the recipe wrote (ONNX, or its own format), else the built
     model's state dict saved as model.safetensors."""
-    if recipe.output is not Output.ONNX and built.model is None:
+    if recipe.output not in FILE_OUTPUTS and built.model is None:
         raise VggtoolError(f"recipe {recipe.name} declared {recipe.output.value} output but built no model")
-    if recipe.output is Output.ONNX or built.file is not None:
+    if recipe.output in FILE_OUTPUTS or built.file is not None:
         if built.file is None or not built.file.is_file():
-            kind = "ONNX output" if recipe.output is Output.ONNX else f"{built.file.name} as its stored file"
+            kind = (f"{recipe.output.value} output" if recipe.output in FILE_OUTPUTS
+                    else f"{built.file.name} as its stored file")
             raise VggtoolError(f"recipe {recipe.name} declared {kind} but wrote no file")
         return built.file
     checkpoint.save(folder / MODEL_FILE, built.model.state_dict(), {"kind": "variant", "recipe": recipe.to_dict(),
@@ -131,9 +136,10 @@ def store(recipe: Recipe, built: Built, folder: Path) -> Path:
 def figures(recipe: Recipe, source: Source, built: Built, stored: Path) -> dict:
     """Size, sparsity and parameter figures of a stored variant; writes nothing. The stored file's bytes are
     the size; a model kept in its recipe's own format also gives its dense state dict's size beside it."""
-    if recipe.output is Output.ONNX:
+    if recipe.output in FILE_OUTPUTS:
         model = {k: v for k, v in model_figures(source.model).items() if k != "size_mb"}
-        return {**built.figures, **model, "size_mb": stored.stat().st_size / 1e6, **file_figures(stored)}
+        stored_figures = file_figures(stored)
+        return {**built.figures, **model, "size_mb": stored_figures["file_bytes"] / 1e6, **stored_figures}
     if built.file is not None:
         model = model_figures(built.model)
         dense = zlib.compress(checkpoint.to_bytes(built.model.state_dict(), {}), 6)
@@ -147,6 +153,8 @@ def stored_file(meta: dict) -> str:
     """The model file of a variant folder."""
     if meta.get("output") == Output.ONNX.value:
         return ONNX_FILE
+    if meta.get("output") == Output.OPENVINO.value:
+        return IR_FILE
     return meta.get("file", MODEL_FILE)
 
 
@@ -199,7 +207,7 @@ def load_variant(folder: Path, threads: int = 0, runtime: str | None = None) -> 
     name = meta.get("name", folder.name)
     runtime = runtimes.resolve(recipe.output.value, runtime, name)
     verify(folder, meta)
-    if recipe.output is Output.ONNX or runtime in runtimes.OPENVINO:
+    if recipe.output in FILE_OUTPUTS:
         path = folder / stored_file(meta)
         if not path.exists():
             raise VggtoolError(f"variant {folder.name} lacks {path.name}")

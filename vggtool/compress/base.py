@@ -33,6 +33,7 @@ class Output(str, enum.Enum):
     FLOAT = "float"  # a float torch model: loads into the plain VGG, can be a parent
     QUANTIZED = "quantized"  # a torch model with quantized kernels: loads into the recipe's skeleton
     ONNX = "onnx"  # an ONNX file, run with ONNX Runtime
+    OPENVINO = "openvino"  # an OpenVINO IR (model.xml and its weights, model.bin), run with OpenVINO
 
 
 @dataclass(frozen=True)
