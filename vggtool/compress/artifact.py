@@ -208,7 +208,7 @@ def load_variant(folder: Path, threads: int = 0, runtime: str | None = None) -> 
     runtime = runtimes.resolve(recipe.output.value, runtime, name)
     verify(folder, meta)
     if recipe.output in FILE_OUTPUTS:
-        path = folder / stored_file(meta)
+        path = folder / stored_file({**meta, "output": recipe.output.value})  # folders before 0.2 lack "output"
         if not path.exists():
             raise VggtoolError(f"variant {folder.name} lacks {path.name}")
         if runtime in runtimes.OPENVINO:
