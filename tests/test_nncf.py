@@ -73,3 +73,18 @@ def test_an_impossible_drop_says_so_in_one_line(nncf, own_run, home, monkeypatch
 @pytest.mark.parametrize("drop", ["1.5", "-0.1", "1"])
 def test_max_drop_out_of_range_is_one_line(own_run, home, drop):
     one_line_error(quantize(own_run, "--max-drop", drop, ok=False), "--max-drop must be a fraction")
+
+
+def test_openvino_export_is_fp32_and_follows_torch(nncf, own_run, home):
+    invoke("export", "--openvino", "--run-dir", str(own_run))
+    folder = own_run / "variants" / "openvino-fp32"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["output"] == "openvino" and set(meta["sha256"]) == {"model.xml", "model.bin"}
+    tolerance = c.REGISTRY["openvino-fp32"].tolerance
+    assert meta["figures"]["parity"]["top1_agreement"] >= tolerance.min_agreement
+    assert meta["figures"]["parity"]["max_abs_logit_diff"] < 1e-3
+    xml = (folder / "model.xml").read_text()
+    assert 'element_type="f16"' not in xml and "FakeQuantize" not in xml  # weights kept in fp32
+    variant = c.load_variant(folder, threads=1)
+    assert variant.runtime == "openvino" and variant.settings["compute_precision"] == "f32"
+    one_line_error(invoke("export", "--onnx", "--openvino", "--run-dir", str(own_run), ok=False), "choose exactly one")

@@ -238,10 +238,10 @@ def cluster_cmd(recipe, **common):
     _build(recipe, **common)
 
 
-@main.command(name="export", cls=RecipeCommand, modes=("onnx",))
+@main.command(name="export", cls=RecipeCommand, modes=("onnx", "openvino"))
 @variant_options
 def export_cmd(recipe, **common):
-    """ONNX export with a dynamic batch axis, checked, with a parity check against torch."""
+    """ONNX or OpenVINO IR (fp32) export with a dynamic batch axis, with a parity check against torch."""
     _build(recipe, **common)
 
 

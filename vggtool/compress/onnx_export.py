@@ -53,5 +53,5 @@ def _(recipe: OnnxExport, source, ctx, workdir):
     return Built(None, source.spec, figures, path, {"input": export.INPUT_CONTRACT})
 
 
-offer(OnnxExport, "export", "onnx", "Export to ONNX (the only format so far).")
+offer(OnnxExport, "export", "onnx", "Export to ONNX (opset 15 by default).")
 register(OnnxExport(), sets=("report",))
