@@ -302,7 +302,7 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @click.option("--quick", is_flag=True, help="Minutes on 2 cores: the quick values shown.")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where results.json/csv, REPORT.md and plots go [<run>/results].")
+              help="Where results and REPORT.md go [<run>/results].")
 def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
     """Measure every variant: error, ms/image at the batch size and at 1,
     speed-up over the baseline (95% interval), size. Variants are timed side by

@@ -22,19 +22,19 @@ def option(default, help: str, **meta):
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSettings:
-    threads: int = option(0, "Threads for torch, ONNX Runtime and OpenVINO (0 = their default).")
+    threads: int = option(0, "Threads of every runtime (0 = its default).")
     cpus: tuple[int, ...] = ()  # (): no pinning
-    runtime: tuple[str, ...] = option(("onnxruntime",), "Where ONNX variants run (repeatable; openvino adds "
-                                      "openvino-bf16 where the CPU has native bf16).", choices=RUNTIMES,
+    # openvino adds openvino-bf16 rows where the CPU has native bf16
+    runtime: tuple[str, ...] = option(("onnxruntime",), "Where ONNX variants run (repeatable).", choices=RUNTIMES,
                                       metavar="RUNTIME")
     batch_size: int = option(16, "The protocol batch (the report's).")
     # many short blocks repeated sample the machine's changing speed better than a few long ones
     rounds: int = option(30, "The fewest interleaved rounds.")
-    time_budget: float = option(600.0, "Seconds of timing: rounds are added while it lasts (0 = exactly --rounds).")
+    time_budget: float = option(600.0, "Seconds of timing, rounds added while it lasts (0: --rounds).")
     loads: int = option(3, "Parts, each loading every variant afresh.")
     protocol: str = option("time", "time: whole batches for --min-time; report: each image once.", choices=PROTOCOLS)
-    min_time: float = option(0.2, "Seconds each timed block covers at least (protocol time).")
-    latency_images: int = option(0, "Test images used for timing (0 = all, as the report).")
+    min_time: float = option(0.2, "Seconds each timed block covers.")
+    latency_images: int = option(0, "Test images timed (0 = all).")
     accuracy_images: int = option(0, "Test images scored, class-balanced (0 = all).")
     # Measured defaults, not flags:
     warmup: int = 30  # the most warm-up calls, once per variant and batch size; stops once the call time settles
