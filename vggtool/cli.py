@@ -95,9 +95,8 @@ def data(data_dir, synthetic, train_per_class, test_per_class, classes, no_downl
 def train(data_dir, run_dir, profile, resume, **overrides):
     """Train a VGG-BN on CIFAR-100; keep the best epoch on the validation split.
 
-    Defaults are the report's: vgg19_bn, 100 epochs, batch 128, SGD 0.9,
-    wd 5e-4, lr 0.1 with a warm-up epoch, divided by 5 at epochs 30/60/90.
-    Writes config.json, metrics.jsonl, last.safetensors and best.safetensors
+    Defaults are the report's recipe (--profile full; each option shows every
+    profile's value). Writes config.json, metrics.jsonl, last.safetensors and best.safetensors
     to the run directory (default runs/<profile>).
 
     \b
@@ -260,8 +259,7 @@ def export_cmd(recipe, **common):
 @run_dir_option
 def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_dir, run_dir):
     """Build registered variants by name or by set; by default the report's
-    eight (baseline, dynamic fp16/int8, static int8 with and without fusion,
-    global/local pruning at 0.6, ONNX).
+    eight (`--list` shows every set's members).
 
     \b
       vggtool compress                                   # the report's eight

@@ -35,7 +35,7 @@ class TrainConfig:
     lr: float = option(0.1, "Peak learning rate.")
     momentum: float = 0.9
     weight_decay: float = option(5e-4, "SGD weight decay.")
-    schedule: str = option("multistep", "Learning-rate schedule (multistep: the report's, /5 at 30/60/90).",
+    schedule: str = option("multistep", "Learning-rate schedule (multistep: the report's steps).",
                            choices=SCHEDULES)
     milestones: tuple[int, ...] = (30, 60, 90)
     gamma: float = 0.2
@@ -58,7 +58,7 @@ class TrainConfig:
                       choices=AMP_MODES)
     compile: bool = option(False, "torch.compile the model for training.")
     sync_bn: bool = option(False, "Several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
-    lr_scaling: str = option("none", "none: --lr whatever the batch; linear: --lr x batch-size / 128.",
+    lr_scaling: str = option("none", f"none: --lr whatever the batch; linear: --lr x batch-size / {REFERENCE_BATCH}.",
                              choices=LR_SCALINGS)
     dist_timeout: float = option(300.0, "Several processes: seconds a collective waits for the others.")
 

@@ -14,7 +14,7 @@ from vggtool.evaluate import compare, torch_predict
 
 @dataclass(frozen=True)
 class OnnxExport(Recipe):
-    """ONNX export (opset 15 as the report), run with ONNX Runtime."""
+    """ONNX export (the report's opset by default), run with ONNX Runtime."""
 
     output = Output.ONNX
 
@@ -53,5 +53,5 @@ def _(recipe: OnnxExport, source, ctx, workdir):
     return Built(None, source.spec, figures, path, {"input": export.INPUT_CONTRACT})
 
 
-offer(OnnxExport, "export", "onnx", "Export to ONNX (opset 15 by default).")
+offer(OnnxExport, "export", "onnx", "Export to ONNX.")
 register(OnnxExport(), sets=("report",))

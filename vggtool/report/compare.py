@@ -42,7 +42,6 @@ def compare(first: dict, second: dict) -> dict:
             "cpu_flags": [e["cpu_flags"] for e in envs],
             "bench_seconds": [e["bench_seconds"] for e in envs],
             "rounds": [max((r["rounds"] or 0 for r in x["rows"]), default=0) for x in (first, second)],
-            "passes": [2 if x["repeat_check"] else 1 for x in (first, second)],
             "baseline_ms": _baseline_ms(a.get("baseline"), b.get("baseline")),
             "skipped": sorted(set(a) ^ set(b)),
             "settings_differ": [k for k in SETTINGS_COMPARED if first["settings"][k] != second["settings"][k]]}
@@ -71,17 +70,14 @@ def baseline_moved(cmp: dict) -> str:
 
 def durations(cmp: dict) -> str:
     """How long each bench took and how many rounds it timed, where its results.json says so
-    ("?" where it does not); a --repeat-check bench's seconds and rounds cover both its passes."""
-    secs, rounds, passes = cmp["bench_seconds"], cmp["rounds"], cmp["passes"]
+    ("?" where it does not)."""
+    secs, rounds = cmp["bench_seconds"], cmp["rounds"]
     said = []
     if any(s is not None for s in secs):
         said.append("took " + " and ".join("?" if s is None else f"{s:.0f} s" for s in secs)
                     + " (data, loading, scoring and timing; not the interpreter's start)")
     if any(rounds):
-        both = [n for n, p in zip(("the first", "the second"), passes) if p == 2]
-        said.append("timed " + " and ".join(str(r or "?") for r in rounds) + " rounds" + (
-            f" ({' and '.join(both)} over {'its' if len(both) == 1 else 'their'} two --repeat-check passes)"
-            if both else ""))
+        said.append("timed " + " and ".join(str(r or "?") for r in rounds) + " rounds")
     return "The benches " + "; they ".join(said) + "." if said else ""
 
 

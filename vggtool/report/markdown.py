@@ -32,7 +32,6 @@ def render_markdown(results: dict) -> str:
         *_latency(ok, settings, batch),
         *sections.architecture(ok, batch),
         *sections.stored_size(ok),
-        *sections.repeat_check(results["repeat_check"], labels),
         *sections.between_parts(results["parts"], labels),
         *sections.finetuning(results["finetune"], ok, labels),
         *sections.sensitivity(results["sensitivity"], labels),
@@ -114,7 +113,7 @@ def _latency(ok: list[dict], settings: dict, batch: str) -> list[str]:
 
 def _protocol(settings: dict, ok: list[dict]) -> str:
     lat_images = ok[0]["images_latency"] if ok else 0
-    pooled = max([r["rounds"] or 0 for r in ok] + [settings["rounds"]])  # --repeat-check pools two passes
+    pooled = max([r["rounds"] or 0 for r in ok] + [settings["rounds"]])
     if not settings["estimator"]:
         rounds = f"median of {settings['rounds']} interleaved rounds"
     else:

@@ -57,7 +57,7 @@ SETTINGS = {
 }
 ENVIRONMENT = ("date", "cpu_model", "cpu_flags", "bench_seconds", "torch", "onnxruntime", "openvino")
 # Sections a bench adds when it measured them; empty (or None) where it did not.
-SECTIONS = {"subject": None, "repeat_check": None, "parts": None, "finetune": {}, "sensitivity": {},
+SECTIONS = {"subject": None, "parts": None, "finetune": {}, "sensitivity": {},
             "layer_sensitivity": {}, "skipped": {}}
 
 
@@ -75,6 +75,7 @@ def upgrade(results: dict) -> dict:
         settings["idle_before"] = "block" if settings["estimator"] and "time_budget" not in recorded else "turn"
     out = {**SECTIONS, **results, "rows": rows, "settings": settings,
            "environment": _filled(results.get("environment", {}), dict.fromkeys(ENVIRONMENT))}
+    out.pop("repeat_check", None)  # a measurement twice, removed from the bench; no committed result holds one
     if out["subject"] is not None:
         out["subject"] = {"imported_from": None, "epochs": None, **out["subject"]}
     if out["parts"] is not None:

@@ -46,19 +46,6 @@ def stored_size(ok: list[dict]) -> list[str]:
             "measured on the model decoded from the stored file.", table]
 
 
-def repeat_check(check: dict | None, labels: dict[str, str]) -> list[str]:
-    """`bench --repeat-check`: the same measurement twice, and how far the speed-ups moved."""
-    if not check:
-        return []
-    rows = [[labels.get(name, name), f"{v['batch_speedup'][0]:.2f}x / {v['batch_speedup'][1]:.2f}x",
-             f"{v['b1_speedup'][0]:.2f}x / {v['b1_speedup'][1]:.2f}x"] for name, v in check["variants"].items()]
-    return ["## Run-to-run spread (`--repeat-check`)",
-            f"Every variant measured in two passes. Largest difference between the passes' speed-ups: "
-            f"{100 * check['batch_speedup_max_rel_diff']:.1f}% (batch), {100 * check['b1_speedup_max_rel_diff']:.1f}% "
-            "(batch 1): the noise floor of this machine for these figures.",
-            md_table(["Variant", "Speed-up batch, pass 1 / 2", "Speed-up b1, pass 1 / 2"], rows, ["-", ":-:", ":-:"])]
-
-
 def between_parts(parts: dict | None, labels: dict[str, str]) -> list[str]:
     """Each part of a bench timed alone: how far its speed-ups moved. Named beside each figure: the variant
     whose range it is, and for the batch figure each side's ms per part, so a reader sees whether the variant
