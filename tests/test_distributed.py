@@ -25,10 +25,10 @@ TINY = ["--profile", "quick", "--arch", "vgg11_bn", "--width", "0.125", "--val-s
 LOSS_TOLERANCE = 0.10  # relative, per epoch: each process normalises BatchNorm over its 16 images, not 32
 
 
-def torchrun(home: Path, *args: str, nproc: int = 2, timeout: float = 240, **popen):
+def torchrun(home: Path, *args: str, nproc: int = 2, timeout: float = 240, launcher: tuple = (), **popen):
     env = {**os.environ, "VGGTOOL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("VGGTOOL_DATA", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *launcher,
            "-m", "vggtool", "train", *args]
     if popen:
         return subprocess.Popen(cmd, env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,8 +130,11 @@ def test_a_killed_or_stalled_process_ends_the_whole_job_without_a_hang(session_h
     """A dead peer breaks the survivor's collective at once; a stalled one (SIGSTOP: its sockets stay open)
     only through the collective timeout, --dist-timeout 10 here."""
     run = session_home / "ddp" / f"lost-{how.name}"
+    # torchrun looks at its workers every --monitor-interval seconds and then ends the rest: 0.1 s on current
+    # torch, which can end the survivor before it has noticed the dead peer and said so; 5 s (2.0.1's default)
+    # leaves it time to say it, and the whole job still ends long before the 60 s asserted below
     job = torchrun(session_home, *TINY, "--epochs", "200", "--data-dir", str(session_home / "data"),
-                   "--run-dir", str(run), "--dist-timeout", "10", popen=True)
+                   "--run-dir", str(run), "--dist-timeout", "10", launcher=("--monitor-interval", "5"), popen=True)
     try:
         deadline = time.monotonic() + 120
         while not (run / "metrics.jsonl").exists():  # both processes are in the training loop
