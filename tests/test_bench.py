@@ -277,6 +277,9 @@ def test_bench_measures_every_variant_and_reports_failures(own_run, home, tmp_pa
     assert "paired bootstrap interval over the parts, then the rounds within each part" in report_text
     assert {len(v["b1_speedup"]) for v in results["parts"]["variants"].values()} == {3}  # --loads 3 by default
     assert "## Spread between parts" in report_text
+    from vggtool import report  # the bench's REPORT.md is what `vggtool report` renders again from the file
+
+    assert report_text == report.render_markdown(report.load_results(tmp_path))
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("variant,method,type,status") and len(csv_lines) == 5
     assert set(REGISTRY) >= {"baseline", "static-int8-fused", "onnx-fp32"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from vggtool.files import remove_stale_temporaries, write_text
 from vggtool.report.markdown import render_markdown
 from vggtool.report.plots import plot
-from vggtool.report.results import RESULTS_CSV, RESULTS_JSON, save_results, upgrade
+from vggtool.report.results import RESULTS_CSV, RESULTS_JSON, load_results, save_results, upgrade
 
 REPORT_MD = "REPORT.md"
 
@@ -29,5 +29,7 @@ def render_all(results: dict, folder: Path, copy_to: Path | None = None) -> list
 
 
 def publish(results: dict, folder: Path, copy_to: Path | None = None) -> list[Path]:
-    """Write results.json and results.csv, then render REPORT.md and the plots; returns the paths written."""
-    return save_results(results, folder) + render_all(results, folder, copy_to)
+    """Write results.json and results.csv, then render REPORT.md and the plots from the file just written (so
+    that `vggtool report` renders the same REPORT.md again); returns the paths written."""
+    saved = save_results(results, folder)
+    return saved + render_all(load_results(folder), folder, copy_to)
