@@ -41,9 +41,16 @@ def _(recipe: OpenvinoExport, source, ctx, workdir):
     onnx, path = workdir / "fp32.onnx", workdir / IR_FILE
     export.to_onnx(source.model, onnx)
     # compress_to_fp16=False: save_model halves the weights by default, which would not be an fp32 export
-    ov.save_model(ov.Core().read_model(str(onnx)), str(path), compress_to_fp16=False)
+    return store_ir(ov.Core().read_model(str(onnx)), onnx, path, source, ctx, {})
+
+
+def store_ir(model, onnx, path, source, ctx, figures: dict) -> Built:
+    """Save an OpenVINO model as the variant's IR with its weights as they are (save_model would halve float
+    weights by default), drop the ONNX file it came from, and check it against the torch parent."""
+    ov = openvino_runtime.openvino()
+    ov.save_model(model, str(path), compress_to_fp16=False)
     onnx.unlink()
-    figures = {"openvino": ov.get_version()}
+    figures = {**figures, "openvino": ov.get_version()}
     if ctx.parity is not None:
         predict, _ = openvino_runtime.compile_file(path, 0)
         figures["parity"] = compare(torch_predict(source.model), predict, batches(ctx.parity(), ctx.batch_size))

@@ -19,7 +19,6 @@ import numpy as np
 from vggtool import export, openvino_runtime
 from vggtool.compress.artifact import IR_FILE
 from vggtool.compress.base import (
-    Built,
     Output,
     Recipe,
     Tolerance,
@@ -30,9 +29,9 @@ from vggtool.compress.base import (
     option,
     register,
 )
+from vggtool.compress.openvino_export import store_ir
 from vggtool.data import batches
 from vggtool.errors import VggtoolError
-from vggtool.evaluate import compare, torch_predict
 
 NNCF_PINS = {"report": "2.19.0", "current": "3.4.0"}  # requirements/report.txt and requirements/current.txt
 
@@ -142,15 +141,10 @@ def _(recipe: NncfInt8, source, ctx, workdir):
                                "layers in float; allow a larger drop")
         figures.update(val_top1_err_fp32=1 - fp32, val_top1_err_int8=1 - int8)
     path = workdir / IR_FILE
-    ov.save_model(quantized, str(path), compress_to_fp16=False)
-    onnx.unlink()
     figures.update(calibration_images=len(calib_split), calibration_split="val", float_layers=kept,
                    int8_layers=len(layers) - len(kept), weight_layers=len(layers), max_drop=recipe.max_drop,
-                   nncf=_nncf().__version__, openvino=ov.get_version())
-    if ctx.parity is not None:
-        predict, _ = openvino_runtime.compile_file(path, 0)
-        figures["parity"] = compare(torch_predict(source.model), predict, batches(ctx.parity(), ctx.batch_size))
-    return Built(None, source.spec, figures, path, {"input": export.INPUT_CONTRACT})
+                   nncf=_nncf().__version__)
+    return store_ir(quantized, onnx, path, source, ctx, figures)
 
 
 offer(NncfInt8, "quantize", "nncf", "NNCF int8 for OpenVINO, calibrated; --max-drop adds accuracy control.")
