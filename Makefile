@@ -14,13 +14,15 @@ NPROC        ?= 1
 CPUS         ?= 0-1
 THREADS      ?= 2
 BENCH_ARGS   ?=
+MAX_DROP     ?= 1.0
+SEARCH_ARGS  ?=
 REAL_MODEL   ?= ../shared/models/vgg19_bn-cifar100/vgg19_bn-cifar100-20ep-bf16cpu.fp16.safetensors
 REAL_RUN     ?= runs/vgg19-real
 IMAGE        ?= vggtool
 CPU_IMAGE    ?= vggtool:cpu
 DOCKER_RUN   ?= docker run --rm -v "$(CURDIR)":/workspace
 
-.PHONY: help install data train evaluate compress bench report all real-study test lint \
+.PHONY: help install data train evaluate compress bench report all real-study search test lint \
         docker-build docker-cpu-build docker-all docker-bench
 
 help: ## Show this list of targets
@@ -72,6 +74,12 @@ real-study: $(INSTALLED) ## The study on a trained VGG19-BN (REAL_MODEL): the re
 	$(VGGTOOL) compress --run-dir $(REAL_RUN) --set report --set full-size
 	$(VGGTOOL) bench --run-dir $(REAL_RUN) --cpus $(CPUS) --threads $(THREADS) --quick --accuracy-images 0 $(BENCH_ARGS)
 	$(VGGTOOL) report --run-dir $(REAL_RUN) --copy-to results/vgg19-cifar100
+
+search: $(INSTALLED) ## The fastest chain within MAX_DROP points of $(RUN)'s baseline (SEARCH_ARGS=--quick: 20 min), then one bench of it beside --set beyond
+	$(VGGTOOL) search --run-dir $(RUN) --max-drop $(MAX_DROP) --threads $(THREADS) $(SEARCH_ARGS)
+	$(VGGTOOL) compress --run-dir $(RUN) --set beyond
+	$(VGGTOOL) bench --run-dir $(RUN) --cpus $(CPUS) --threads $(THREADS) --quick --accuracy-images 0 --variant baseline \
+		--variant search --set beyond --runtime onnxruntime --runtime openvino --results-dir $(RUN)/search/bench $(BENCH_ARGS)
 
 test: $(INSTALLED) ## Run the test suite (tiny models, generated data, CPU only; installs $(VENV) first if missing)
 	$(VENV)/bin/python -m pytest -q

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 
 from vggtool import __version__
+from vggtool.cli_search import search
 from vggtool.errors import VggtoolError
 from vggtool.options import ConfigCommand, RecipeCommand, data_dir_option, run_dir_option, variant_options
 from vggtool.paths import default_data_dir
@@ -32,7 +33,8 @@ class Group(click.Group):
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
             raise click.UsageError(" ".join(e.format_message().split()) + hint) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing half-written was left; `--resume` continues a training run", err=True)
+            click.echo("interrupted: nothing half-written was left; `--resume` continues a training run, a rerun "
+                       "continues a search", err=True)
             ctx.exit(130)
 
 
@@ -296,12 +298,13 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @main.command(name="bench", cls=ConfigCommand, config="vggtool.bench.settings.BenchSettings")
 @data_dir_option
 @run_dir_option
-@click.option("--variant", "names", multiple=True, help="Measure only these (repeatable) [all built].")
+@click.option("--variant", "names", multiple=True, help="Measure these (repeatable; search: what search chose) [all].")
+@click.option("--set", "set_names", multiple=True, help="Measure every variant of a named set too (repeatable).")
 @click.option("--quick", is_flag=True, help="Minutes on 2 cores: the quick values shown.")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results and REPORT.md go [<run>/results].")
-def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
+def bench_cmd(data_dir, run_dir, names, set_names, quick, cpus, results_dir, **options):
     """Measure every variant: error, ms/image at the batch size and at 1,
     speed-up over the baseline (95% interval), size. Variants are timed side by
     side in interleaved rounds; docs/bench.md explains the protocol and defaults.
@@ -322,7 +325,8 @@ def bench_cmd(data_dir, run_dir, names, quick, cpus, results_dir, **options):
     check_writable(folder)  # before minutes of measuring, not after
     size = {"batch_size": settings.batch_size}
     with BenchDisplay(console, lambda rows: console_table({"settings": size, "rows": rows})) as shown:
-        results = bench_run(run, data_dir or default_data_dir(), names, settings, shown.on_progress, shown.on_row)
+        results = bench_run(run, data_dir or default_data_dir(), names, settings, shown.on_progress, shown.on_row,
+                            set_names)
     written = publish(results, folder)
     console.print(console_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written))
@@ -389,6 +393,7 @@ def import_(source, run_dir, trust_pickle):
     mark_latest(run_dir)
     console.print(f"imported {source} -> {dest}")
 
+main.add_command(search)  # a command of its own module
 
 if __name__ == "__main__":
     main(prog_name="vggtool", args=sys.argv[1:])

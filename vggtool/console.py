@@ -160,3 +160,28 @@ class BenchDisplay:
     def on_row(self, row: dict) -> None:
         self.rows[row["variant"]] = row
         self._redraw(force=True)
+
+
+class SearchDisplay:
+    """`vggtool search`'s progress: a bar over the time budget (on a terminal), a line per finished step
+    (everywhere), the fine-tuning bars in between."""
+
+    def __init__(self, console: Console, budget_seconds: float):
+        self.console = console
+        self.bar = progress(console)
+        self.task = self.bar.add_task("budget (s)", total=round(budget_seconds), info="")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def on_step(self, record: dict, spent: float, budget: float) -> None:
+        self.bar.update(self.task, completed=min(round(spent), round(budget)), info=record["key"])
+        figures = [f"{k} {record[k]:.4f}" for k in ("val_err_proxy", "val_err") if k in record]
+        figures += [f"{k} {record[k]:.3f}" for k in ("b1_ms", "batch_ms", "size_mb") if k in record]
+        note = record.get("failed") or record.get("skipped") or "  ".join(figures)
+        self.console.print(f"[{_duration(spent)}/{_duration(budget)}] {record['stage']:<7} {record['key']}: {note}"
+                           + (f"  ({record['seconds']:.0f} s)" if record.get("seconds") else ""))

@@ -221,11 +221,22 @@ def bench(variant_dirs: dict[str, Path], test: Split, settings: BenchSettings, o
 
 
 def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, on_progress: OnProgress | None = None,
-              on_row: OnRow | None = None) -> dict:
-    """Measure a run's variants (all by default); returns the results, the run described as their subject."""
+              on_row: OnRow | None = None, sets: tuple[str, ...] = ()) -> dict:
+    """Measure a run's variants (all by default; the members of `sets` too; "search" names what the run's search
+    chose and the first it found within budget); returns the results, the run described as their subject, and
+    the search's summary where the run has one."""
+    from vggtool.compress import selection
     from vggtool.data import is_synthetic, load_split
+    from vggtool.search import searched
 
-    names = list(names) or run.variant_names()
+    found = searched(run)
+    names = [n for name in names for n in (found["variants"] if name == "search" and found else [name])]
+    names = (selection(tuple(names), tuple(sets)) if sets else list(names)) or run.variant_names()
+    if "search" in names:
+        raise VggtoolError(f"no search in {run.path}: run `vggtool search` first")
+    missing = [n for n in names if not (run.variants_dir / n).is_dir()]
+    if missing:
+        raise VggtoolError(f"no variant {missing[0]!r} in {run.variants_dir}: build it with `vggtool compress`")
     if not names:
         raise VggtoolError(f"no variants to measure in {run.variants_dir}: build them with `vggtool compress`")
     started = time.perf_counter()
@@ -235,6 +246,8 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, on
     results["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
     results["subject"] = {**describe(run), "data": "synthetic stand-in" if is_synthetic(data_dir) else "CIFAR-100",
                           "test_images": len(test)}
+    if found:
+        results["search"] = found["summary"]
     return results
 
 

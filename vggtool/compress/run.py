@@ -20,10 +20,12 @@ from vggtool.runs import Run
 Display = Callable[[], contextlib.AbstractContextManager]
 
 
-def run_context(run: Run, data_dir: Path, display: Display | None = None) -> Context:
-    """A Context over a run's data: splits are read once, only if a recipe asks.
-    Fine-tuning uses the run's own training settings through `train.finetune`."""
-    splits = cache(lambda: run.splits(data_dir))
+def run_context(run: Run, data_dir: Path, display: Display | None = None, splits: Callable | None = None,
+                parity: bool = True) -> Context:
+    """A Context over a run's data: splits are read once, only if a recipe asks (`splits`: another source of
+    .train, .val and .test). Fine-tuning uses the run's own training settings through `train.finetune`.
+    `parity` False: no recipe reads the test split (a search chooses before it may)."""
+    splits = splits or cache(lambda: run.splits(data_dir))
     display = display or (lambda: contextlib.nullcontext())
 
     def finetune(model: nn.Module, epochs: int, lr: float, schedule: str = "onecycle", extra_loss=None,
@@ -39,8 +41,8 @@ def run_context(run: Run, data_dir: Path, display: Display | None = None) -> Con
             return source_from_variant(run.variants_dir / ref).model
         return source_from_checkpoint(Path(ref)).model
 
-    return Context(calibration=lambda: splits().val, finetune=finetune, parity=lambda: splits().test,
-                   teacher=teacher)
+    return Context(calibration=lambda: splits().val, finetune=finetune,
+                   parity=(lambda: splits().test) if parity else None, teacher=teacher)
 
 
 def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, checkpoint_path: Path | None = None,

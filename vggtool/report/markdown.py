@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vggtool.report import sections
 from vggtool.report.results import PUBLISHED, ordered, upgrade
+from vggtool.report.search import section as search_section
 from vggtool.report.summary import summary
 from vggtool.report.text import fmt, md_table, points, several_runtimes, speedup
 
@@ -21,6 +22,7 @@ def render_markdown(results: dict) -> str:
         _about(subject) + f"Measured by `vggtool bench` on {env['date'] or '?'}; rendered by `vggtool report` from "
         "results.json. No figure here is typed by hand.",
         *summary(ok, settings["batch_size"], env),
+        *(search_section(results["search"]) if results.get("search") else []),
         *_published(ok),
         "## All variants",
         f"Errors over {images} test images"

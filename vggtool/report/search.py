@@ -1,0 +1,114 @@
+"""A search's view: its REPORT.md section (the chosen variant and why, the first within the budget beside it, the
+front, every candidate) and the front's figure, from search.json and search.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vggtool.compress import display_label
+from vggtool.files import write_text
+from vggtool.report.plots import _figure, _save, pareto
+from vggtool.report.text import fmt, md_table
+
+SEARCH_REPORT, SEARCH_PLOT = "REPORT.md", "search_front.png"
+PANELS = (("b1_ms", "ms / image at batch 1"), ("batch_ms", "ms / image at batch 16"), ("size_mb", "MB stored"))
+
+
+def label(key: str) -> str:
+    name, _, runtime = key.partition("@")
+    return display_label(name) + (f" on {runtime}" if runtime else "")
+
+
+def _speed(row: dict | None, kind: str) -> str:
+    if not row or row.get(f"{kind}_speedup") is None:
+        return "-"
+    lo, hi = row.get(f"{kind}_speedup_lo"), row.get(f"{kind}_speedup_hi")
+    return f"{row[f'{kind}_speedup']:.2f}x" + (f" [{lo:.2f}-{hi:.2f}]" if lo is not None and hi is not None else "")
+
+
+def section(summary: dict, records: list[dict] | None = None) -> list[str]:
+    """The search's part of a REPORT.md, as markdown blocks."""
+    req, env, base = summary["request"], summary.get("environment", {}), summary["baseline"]
+    flags = env.get("cpu_flags_relevant") or env.get("cpu_flags") or "?"
+    out = ["## Search", f"`vggtool search --max-drop {req['max_drop']:g} --objective {req['objective']} "
+           f"--budget-minutes {req['budget_minutes']:g}` on {env.get('cpu_model', '?')} (flags: {flags}), "
+           f"{summary.get('candidates', 0)} candidates in {summary['seconds'] / 60:.1f} of {req['budget_minutes']:g} "
+           f"minutes. Chosen on the validation split (baseline {100 * base['val_err']:.2f}% top-1 error, budget "
+           f"{100 * summary['limit_val_err']:.2f}%); the test split was read {summary.get('test_reads', 1)} time(s), "
+           "after the choice, to report it."]
+    chosen, first = summary.get("chosen"), summary.get("first")
+    if chosen is None:
+        out.append(f"Nothing chosen: {summary['why']}.")
+        return out
+    rows = [["chosen", label(chosen["key"]), f"{100 * chosen['val_err']:.2f}", fmt(_pct(chosen.get("test_err")), ".2f"),
+             _speed(chosen, "b1"), _speed(chosen, "batch"), fmt(chosen.get("size_mb"), ".2f")]]
+    if first is not None:
+        rows.append(["first within the budget", label(first["key"]), f"{100 * first['val_err']:.2f}", "-",
+                     _speed(first, "b1"), _speed(first, "batch"), fmt(first.get("size_mb"), ".2f")])
+    out.append(md_table(["", "variant", "val err %", "test err %", "b1 speed-up", "b16 speed-up", "MB"], rows,
+                        ["-", "-", "-:", "-:", "-:", "-:", "-:"]))
+    out.append(f"**{label(chosen['key'])}** (`{chosen['key']}`): {summary['why']}. Its test error is "
+               f"{100 * chosen['test_err']:.2f}% against the baseline's {100 * chosen['baseline_test_err']:.2f}% "
+               f"({100 * (chosen['test_err'] - chosen['baseline_test_err']):+.2f} points)."
+               + (f" Stopping at the first candidate within the budget, as a fixed-order tuner does, would have given "
+                  f"{label(first['key'])} at {_speed(first, 'b1')} at batch 1." if first else ""))
+    front = summary.get("front", {})
+    out.append("Front (validation error against each objective): "
+               + "; ".join(f"{name}: {', '.join(label(k) for k in front.get(name, []))}" for name in front) + ".")
+    if records:
+        out.append(candidates_table(records))
+    return out
+
+
+def _pct(value):
+    return None if value is None else 100 * value
+
+
+def candidates_table(records: list[dict]) -> str:
+    """Every candidate measured: its subset error, its full-split error where confirmed, its short timing."""
+    full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
+    rows = []
+    for r in records:
+        if r.get("stage") != "proxy":
+            continue
+        status = r.get("failed") or r.get("skipped")
+        rows.append([label(r["key"]), fmt(_pct(r.get("val_err_proxy")), ".2f"), fmt(_pct(full.get(r["key"])), ".2f"),
+                     fmt(r.get("b1_ms"), ".3f"), fmt(r.get("batch_ms"), ".3f"), fmt(r.get("size_mb"), ".2f"),
+                     f"{r.get('seconds', 0):.0f}", status or ""])
+    return md_table(["candidate", "val err % (subset)", "val err % (full)", "b1 ms", "b16 ms", "MB", "s", "note"],
+                    rows, ["-", "-:", "-:", "-:", "-:", "-:", "-:", "-"])
+
+
+def front_figure(records: list[dict], summary: dict):
+    """Validation error against ms at batch 1, at batch 16 and MB: every candidate, the front in red."""
+    full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
+    proxies = [r for r in records if r.get("stage") == "proxy" and "val_err_proxy" in r]
+    fig, _ = _figure(3.6, 12.0)
+    fig.clear()
+    axes = fig.subplots(1, 3)
+    chosen = (summary.get("chosen") or {}).get("key")
+    for ax, (field, xlabel) in zip(axes, PANELS):
+        points = [(r[field], full.get(r["key"], r["val_err_proxy"]), r["key"]) for r in proxies if r.get(field)]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=12)
+        front = pareto(points)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=8)
+        for x, y, k in points:
+            if k == chosen:
+                ax.annotate("chosen", (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+        if points and max(p[0] for p in points) > 10 * min(p[0] for p in points):
+            ax.set_xscale("log")
+        ax.axhline(summary["limit_val_err"], color="gray", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("validation top-1 error")
+    fig.suptitle("Search: every candidate (full-split error where confirmed), the front in red, the budget dotted",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def render_search(summary: dict, records: list[dict], folder: Path) -> list[Path]:
+    """The search folder's REPORT.md and figure."""
+    folder = Path(folder)
+    write_text(folder / SEARCH_REPORT, "# vggtool search\n\n" + "\n\n".join(section(summary, records)) + "\n")
+    _save(front_figure(records, summary), folder / SEARCH_PLOT)
+    return [folder / SEARCH_REPORT, folder / SEARCH_PLOT]
