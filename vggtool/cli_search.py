@@ -39,8 +39,8 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
     runtimes = tuple(runtimes) or default_runtimes()
     drop = check_request(objective, runtimes, max_drop)
     budget = budget_minutes if budget_minutes is not None else (20.0 if quick else 120.0)
-    if not budget > 0:
-        raise click.UsageError("--budget-minutes must be positive")
+    if not 0 < budget < float("inf") or threads < 0:
+        raise click.UsageError("--budget-minutes must be a positive number of minutes and --threads >= 0")
     run = Run.open(run_dir)
     run.baseline_file()  # a run without a baseline: said before anything starts
     request = Request(drop, objective, budget, request_space(SearchSpace(runtimes=runtimes), quick))
@@ -48,10 +48,13 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
         summary = search_run(run, data_dir or default_data_dir(), request, threads, shown.on_step,
                              tuning_display(console, shown.bar))
     chosen, first = summary.get("chosen"), summary.get("first")
-    rows = [[what, r["key"], f"{r['val_err']:.4f}", f"{r.get('test_err', float('nan')):.4f}",
-             f"{r.get('b1_speedup') or float('nan'):.2f}x", f"{r.get('batch_speedup') or float('nan'):.2f}x",
-             f"{r['size_mb']:.2f}"] for what, r in (("chosen", chosen), ("first within", first)) if r]
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    rows = [[what, r["key"], fmt(r["val_err"], ".4f"), fmt(r.get("test_err"), ".4f"), fmt(r.get("b1_speedup"), ".2f"),
+             fmt(r.get("batch_speedup"), ".2f"), fmt(r["size_mb"], ".2f")]
+            for what, r in (("chosen", chosen), ("first within", first)) if r]
     console.print(table(f"search: {summary['candidates']} candidates in {summary['seconds'] / 60:.1f} min",
-                        ["", "variant", "val err", "test err", "b1 speed-up", "b16 speed-up", "MB"], rows))
+                        ["", "variant", "val err", "test err", "b1 speed-up (x)", "b16 speed-up (x)", "MB"], rows))
     console.print(f"chosen: {chosen['key']}: {summary['why']}" if chosen else f"nothing chosen: {summary['why']}")
     console.print(f"wrote {run.path / 'search'}/search.jsonl, search.json, REPORT.md, search_front.png")

@@ -180,8 +180,9 @@ class SearchDisplay:
 
     def on_step(self, record: dict, spent: float, budget: float) -> None:
         self.bar.update(self.task, completed=min(round(spent), round(budget)), info=record["key"])
-        figures = [f"{k} {record[k]:.4f}" for k in ("val_err_proxy", "val_err") if k in record]
-        figures += [f"{k} {record[k]:.3f}" for k in ("b1_ms", "batch_ms", "size_mb") if k in record]
+        names = {"val_err_proxy": "err (subset) {:.4f}", "val_err": "err {:.4f}", "b1_ms": "b1 {:.3f} ms",
+                 "batch_ms": "b16 {:.3f} ms", "size_mb": "{:.2f} MB"}
+        figures = [text.format(record[k]) for k, text in names.items() if k in record]
         note = record.get("failed") or record.get("skipped") or "  ".join(figures)
         self.console.print(f"[{_duration(spent)}/{_duration(budget)}] {record['stage']:<7} {record['key']}: {note}"
                            + (f"  ({record['seconds']:.0f} s)" if record.get("seconds") else ""))

@@ -220,8 +220,14 @@ def load_splits(data_dir: Path, val_size: int = 5000, seed: int = 0, train_subse
 
     `train_subset` > 0 keeps that many of the remaining training images (seeded).
     """
-    images, labels = load_split(data_dir, "train")
+    train, val = load_train_val(data_dir, val_size, seed, train_subset)
     test = Split(*load_split(data_dir, "test"))
+    return Splits(train, val, test, class_names(data_dir), is_synthetic(data_dir))
+
+
+def load_train_val(data_dir: Path, val_size: int = 5000, seed: int = 0, train_subset: int = 0) -> tuple[Split, Split]:
+    """The training and validation splits of `load_splits`, without reading the test split."""
+    images, labels = load_split(data_dir, "train")
     if not 0 <= val_size < len(labels):
         raise VggtoolError(f"validation size {val_size} must be in [0, {len(labels)}) for this data set")
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
@@ -229,7 +235,7 @@ def load_splits(data_dir: Path, val_size: int = 5000, seed: int = 0, train_subse
     if train_subset:
         train_idx = train_idx[:train_subset]
     full = Split(images, labels)
-    return Splits(full.subset(train_idx), full.subset(val_idx), test, class_names(data_dir), is_synthetic(data_dir))
+    return full.subset(train_idx), full.subset(val_idx)
 
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:

@@ -230,10 +230,10 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, on
     from vggtool.search import searched
 
     found = searched(run)
-    names = [n for name in names for n in (found["variants"] if name == "search" and found else [name])]
+    if "search" in names and not (found and found["variants"]):
+        raise VggtoolError(f"no search in {run.path} chose a variant" + ("" if found else ": run `vggtool search` first"))
+    names = [n for name in names for n in (found["variants"] if name == "search" else [name])]
     names = (selection(tuple(names), tuple(sets)) if sets else list(names)) or run.variant_names()
-    if "search" in names:
-        raise VggtoolError(f"no search in {run.path}: run `vggtool search` first")
     missing = [n for n in names if not (run.variants_dir / n).is_dir()]
     if missing:
         raise VggtoolError(f"no variant {missing[0]!r} in {run.variants_dir}: build it with `vggtool compress`")

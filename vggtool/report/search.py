@@ -34,8 +34,9 @@ def section(summary: dict, records: list[dict] | None = None) -> list[str]:
            f"--budget-minutes {req['budget_minutes']:g}` on {env.get('cpu_model', '?')} (flags: {flags}), "
            f"{summary.get('candidates', 0)} candidates in {summary['seconds'] / 60:.1f} of {req['budget_minutes']:g} "
            f"minutes. Chosen on the validation split (baseline {100 * base['val_err']:.2f}% top-1 error, budget "
-           f"{100 * summary['limit_val_err']:.2f}%); the test split was read {summary.get('test_reads', 1)} time(s), "
-           "after the choice, to report it."]
+           f"{100 * summary['limit_val_err']:.2f}%); "
+           + (f"the test split was read {summary.get('test_reads', 1)} time(s), after the choice, to report it."
+              if summary.get("chosen") else "the test split was not read.")]
     chosen, first = summary.get("chosen"), summary.get("first")
     if chosen is None:
         out.append(f"Nothing chosen: {summary['why']}.")
@@ -47,9 +48,10 @@ def section(summary: dict, records: list[dict] | None = None) -> list[str]:
                      _speed(first, "b1"), _speed(first, "batch"), fmt(first.get("size_mb"), ".2f")])
     out.append(md_table(["", "variant", "val err %", "test err %", "b1 speed-up", "b16 speed-up", "MB"], rows,
                         ["-", "-", "-:", "-:", "-:", "-:", "-:"]))
-    out.append(f"**{label(chosen['key'])}** (`{chosen['key']}`): {summary['why']}. Its test error is "
-               f"{100 * chosen['test_err']:.2f}% against the baseline's {100 * chosen['baseline_test_err']:.2f}% "
-               f"({100 * (chosen['test_err'] - chosen['baseline_test_err']):+.2f} points)."
+    test = (f"Its test error is {100 * chosen['test_err']:.2f}% against the baseline's "
+            f"{100 * chosen['baseline_test_err']:.2f}% ({100 * (chosen['test_err'] - chosen['baseline_test_err']):+.2f} "
+            "points)." if chosen.get("test_err") is not None else f"Its test error: {chosen.get('test_failed')}.")
+    out.append(f"**{label(chosen['key'])}** (`{chosen['key']}`): {summary['why']}. {test}"
                + (f" Stopping at the first candidate within the budget, as a fixed-order tuner does, would have given "
                   f"{label(first['key'])} at {_speed(first, 'b1')} at batch 1." if first else ""))
     front = summary.get("front", {})
@@ -68,9 +70,8 @@ def candidates_table(records: list[dict]) -> str:
     """Every candidate measured: its subset error, its full-split error where confirmed, its short timing."""
     full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
     rows = []
-    for r in records:
-        if r.get("stage") != "proxy":
-            continue
+    last = {r["key"]: r for r in records if r.get("stage") == "proxy"}  # a rerun may decide a skipped one again
+    for r in last.values():
         status = r.get("failed") or r.get("skipped")
         rows.append([label(r["key"]), fmt(_pct(r.get("val_err_proxy")), ".2f"), fmt(_pct(full.get(r["key"])), ".2f"),
                      fmt(r.get("b1_ms"), ".3f"), fmt(r.get("batch_ms"), ".3f"), fmt(r.get("size_mb"), ".2f"),
@@ -80,15 +81,16 @@ def candidates_table(records: list[dict]) -> str:
 
 
 def front_figure(records: list[dict], summary: dict):
-    """Validation error against ms at batch 1, at batch 16 and MB: every candidate, the front in red."""
-    full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
-    proxies = [r for r in records if r.get("stage") == "proxy" and "val_err_proxy" in r]
+    """Validation error against ms at batch 1, at batch 16 and MB: every candidate (as `fronts` sees it: the bench's
+    timing and the full split's error where it has them), the front in red."""
+    from vggtool.search.engine import points as search_points  # (vggtool.search imports the report's pareto)
+
     fig, _ = _figure(3.6, 12.0)
     fig.clear()
     axes = fig.subplots(1, 3)
     chosen = (summary.get("chosen") or {}).get("key")
     for ax, (field, xlabel) in zip(axes, PANELS):
-        points = [(r[field], full.get(r["key"], r["val_err_proxy"]), r["key"]) for r in proxies if r.get(field)]
+        points = search_points(records, field)
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=12)
         front = pareto(points)
         ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=8)

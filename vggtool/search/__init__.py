@@ -23,6 +23,10 @@ def search_run(run, data_dir: Path, request: Request, threads: int = 0, on_step=
     the run's search folder (a rerun resumes from search.jsonl). Returns the summary."""
     from vggtool.report.search import render_search
 
+    if threads:  # torch's own pool too, as ONNX Runtime's and OpenVINO's get `threads`
+        import torch
+
+        torch.set_num_threads(threads)
     folder = run.path / SEARCH_DIR
     data = data or SearchData(run, data_dir)
     log = Log(folder / SEARCH_LOG)

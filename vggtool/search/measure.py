@@ -25,9 +25,9 @@ from vggtool.compress import META_FILE, build_variant, load_variant, read_meta, 
 from vggtool.compress.artifact import source_from_checkpoint, source_from_variant
 from vggtool.compress.quant_onnx import OnnxInt8, layer_sensitivity, weight_nodes
 from vggtool.compress.structured import StructuredPrune
-from vggtool.data import Split, batches, load_split
+from vggtool.data import Split, batches, load_split, load_train_val
 from vggtool.evaluate import evaluate, torch_predict
-from vggtool.files import remove_stale_temporaries
+from vggtool.files import read_json, remove_stale_temporaries, write_json
 from vggtool.models import macs, param_count
 from vggtool.search.space import BASELINE, Candidate, SearchSpace
 
@@ -42,16 +42,17 @@ class SearchData:
         self.run, self.data_dir, self.test_reads = run, Path(data_dir), 0
 
     @cached_property
-    def _splits(self):
-        return self.run.splits(self.data_dir)
+    def _train_val(self) -> tuple[Split, Split]:
+        cfg = self.run.config()
+        return load_train_val(self.data_dir, cfg.val_size, cfg.seed, cfg.train_subset)
 
     @property
     def train(self) -> Split:
-        return self._splits.train
+        return self._train_val[0]
 
     @property
     def val(self) -> Split:
-        return self._splits.val
+        return self._train_val[1]
 
     @property
     def test(self) -> Split:
@@ -159,20 +160,47 @@ class RunMeasure:
         model(x)
         return (time.perf_counter() - start) / len(x)
 
+    def evaluation_cost(self) -> float:
+        return self.image_seconds * len(self.data.val)
+
+    def scan_cost(self, parent: Candidate) -> float:
+        """A layer scan: every weight layer quantized alone on 200 images and scored on `scan_images`."""
+        _, _, spec = read_meta(self.folder(parent.name))
+        layers = len(spec.channels) + 3
+        return layers * (self.image_seconds * (1 - 0.8 * parent.pruned) * (200 + self.space.scan_images) + 2)
+
     def cost(self, c: Candidate) -> float:
-        """Seconds to build what of `c` is missing and take its proxies, estimated from the baseline's forward
-        time: a fine-tune's epochs at about 3x forward (and the teacher's 1x), a calibration, the subset."""
-        t = self.image_seconds
-        scale = 1.0 - 0.8 * c.pruned  # MACs fall a little slower than parameters
+        """Seconds to build the last step of `c` (its parents are built by the steps before) and take its proxies,
+        estimated from the baseline's forward time: a fine-tune's epochs at about 3x forward (and the teacher's 1x)
+        with the whole validation split after each, a calibration, the subset."""
+        t, scale = self.image_seconds, 1.0 - 0.8 * c.pruned  # MACs fall a little slower than parameters
         seconds = t * scale * (self.space.proxy_images or len(self.data.val)) + self.space.proxy_seconds + 2
-        for name, recipe in c.steps:
-            if not (self.folder(name) / META_FILE).exists():
-                if isinstance(recipe, StructuredPrune):
-                    per_epoch = t * (len(self.data.train) * (3 * scale + 1) + len(self.data.val) * scale)
-                    seconds += recipe.finetune_epochs * per_epoch
-                elif recipe.output.value != "float":
-                    seconds += t * scale * 2 * getattr(recipe, "calib_size", 0) + 5
+        name, recipe = c.steps[-1]
+        if (self.folder(name) / META_FILE).exists():
+            return seconds
+        epochs = getattr(recipe, "finetune_epochs", 0)
+        teacher = 1 if getattr(recipe, "distill", False) else 0
+        seconds += epochs * t * (len(self.data.train) * (3 * scale + teacher) + len(self.data.val) * scale)
+        if isinstance(recipe, StructuredPrune):
+            seconds += t * scale * len(self.data.val)  # the parent's own evaluation on the whole split
+        if recipe.output.value != "float":
+            seconds += t * scale * 2 * getattr(recipe, "calib_size", 0) + 5
+            if getattr(recipe, "max_drop", 0):  # NNCF's accuracy control scores the split again per layer it tries
+                seconds += 10 * t * scale * len(self.data.val)
         return seconds
+
+    def note(self, c: Candidate, record: dict) -> None:
+        """A step's figures into its variant's meta.json, under figures["search"][key]."""
+        folder = self.folder(c.name)
+        if not (folder / META_FILE).exists():
+            return
+        meta = read_json(folder / META_FILE, "variant metadata")
+        keep = ("val_err_proxy", "val_err", "b1_ms", "batch_ms", "macs", "params")
+        found = {k: record[k] for k in keep if k in record}
+        if found:
+            meta.setdefault("figures", {}).setdefault("search", {}).setdefault(c.key, {}).update(
+                found, proxy_images=self.space.proxy_images)
+            write_json(folder / META_FILE, meta)
 
 
 def _elsewhere(c: Candidate) -> str | None:

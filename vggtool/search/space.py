@@ -4,7 +4,8 @@ one step that leaves float (a quantizer, an ONNX export); the runtime is where i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import importlib.util
+from dataclasses import asdict, dataclass, field, replace
 
 from vggtool import cpu
 from vggtool import runtimes as rt
@@ -69,8 +70,9 @@ BASELINE = Candidate((Baseline(),), "torch")
 class SearchSpace:
     """The chains a search may try, and how much each stage measures."""
 
-    amounts: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)  # structured ratios, tried from the middle outwards
+    amounts: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9)  # structured ratios, by bisection from the middle
     finetune_epochs: int = 6  # distillation epochs of each pruned parent
+    longer: int = 2  # then twice, then four times the epochs for the first ratio that missed, while budget lasts
     runtimes: tuple[str, ...] = RUNTIMES
     sharing_bits: tuple[tuple[int, int], ...] = ((8, 5), (6, 4))  # conv/linear bits; only where size is the goal
     float_layers: tuple[int, ...] = (1, 3)  # most sensitive layers kept in float when plain int8 misses the budget
@@ -90,21 +92,27 @@ class SearchSpace:
         if unknown or not self.runtimes:
             raise VggtoolError(f"unknown runtime {(unknown or [''])[0]!r}: choose one of {', '.join(RUNTIMES)}")
 
-    def pruned_parent(self, amount: float) -> tuple[Recipe, ...]:
-        return (StructuredPrune(amount=amount, distill=True, finetune_epochs=self.finetune_epochs),)
+    def pruned_parent(self, amount: float, epochs: int = 0) -> tuple[Recipe, ...]:
+        return (StructuredPrune(amount=amount, distill=True, finetune_epochs=epochs or self.finetune_epochs),)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def deployed(self, parent: tuple[Recipe, ...]) -> list[Candidate]:
         """Every way to run a float parent (the baseline's chain is empty): itself in torch, torch int8 on each
         engine, ONNX Runtime int8, the int8 ONNX file and NNCF int8 in OpenVINO, its float ONNX file in
         OpenVINO f32 and bf16 (the runtimes this space allows)."""
-        out = [Candidate(parent, "torch")] if parent else []  # the baseline itself is BASELINE
-        if "torch" in self.runtimes:
+        out = []
+        if "torch" in self.runtimes:  # the baseline itself is BASELINE, measured in every search
+            out += [Candidate(parent, "torch")] if parent else []
             out += [Candidate(parent + (StaticQuant(fuse=True, engine=e),), "torch") for e in self.engines]
         if "onnxruntime" in self.runtimes:
             out.append(Candidate(parent + (OnnxInt8(),), "onnxruntime"))
         if "openvino" in self.runtimes:
-            out += [Candidate(parent + (OnnxInt8(),), "openvino"), Candidate(parent + (NncfInt8(),), "openvino"),
-                    Candidate(parent + (OnnxExport(),), "openvino")]
+            out.append(Candidate(parent + (OnnxInt8(),), "openvino"))
+            if importlib.util.find_spec("nncf") is not None:  # optional beside OpenVINO
+                out.append(Candidate(parent + (NncfInt8(),), "openvino"))
+            out.append(Candidate(parent + (OnnxExport(),), "openvino"))
         if "openvino-bf16" in self.runtimes:
             out.append(Candidate(parent + (OnnxExport(),), "openvino-bf16"))
         return out
@@ -126,6 +134,8 @@ class SearchSpace:
 
     def shared(self, parent: tuple[Recipe, ...]) -> list[Candidate]:
         """Weight sharing of a float parent, at each number of bits: smaller files, the same MACs."""
+        if "torch" not in self.runtimes:
+            return []
         return [Candidate(parent + (WeightSharing(c, lin, finetune_epochs=1),), "torch") for c, lin in self.sharing_bits]
 
 
