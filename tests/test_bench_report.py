@@ -287,3 +287,31 @@ def test_the_summary_names_the_fastest_and_smallest_within_one_point_of_the_base
     assert summary([rows[0], rows[1]], {})[2].splitlines()[1:] == [
         f"- **{t}**: no variant within 1 point of the baseline's error."
         for t in ("Fastest at batch 1", "Fastest at batch 16", "Smallest")]
+
+
+def test_the_report_names_the_layers_each_int8_file_kept_in_float():
+    results = fixture()
+    results["float_layers"] = {"static-int8": ["/features/features.0/Conv", "/classifier/classifier.6/Gemm"],
+                               "dynamic-int8": []}
+    md = report.render_markdown(results)
+    section = md.split("## Layers kept in float")[1].split("\n## ")[0]
+    assert "| static int8 | `/features/features.0/Conv`, `/classifier/classifier.6/Gemm` |" in section
+    assert "| dynamic int8 | none: every Conv and Gemm int8 |" in section
+    assert "## Layers kept in float" not in report.render_markdown(fixture())
+
+
+def test_the_report_carries_the_search_that_chose_a_variant():
+    results = fixture()
+    results["search"] = {
+        "request": {"max_drop": 1.0, "objective": "b1", "budget_minutes": 20.0}, "seconds": 600.0, "candidates": 9,
+        "environment": {"cpu_model": "a CPU", "cpu_flags": "avx512_vnni"}, "baseline": {"val_err": 0.40},
+        "limit_val_err": 0.41, "test_reads": 1, "why": "the least ms per image at batch 1",
+        "chosen": {"key": "static-int8", "val_err": 0.405, "test_err": 0.41, "baseline_test_err": 0.40,
+                   "b1_speedup": 4.0, "batch_speedup": 3.0, "size_mb": 40.0},
+        "first": {"key": "dynamic-int8", "val_err": 0.401, "b1_speedup": 1.5, "batch_speedup": 1.2, "size_mb": 90.0},
+        "front": {"b1": ["static-int8"]}}
+    section = report.render_markdown(results).split("## Search")[1].split("\n## ")[0]
+    assert "on a CPU (flags: avx512_vnni), 9 candidates in 10.0 of 20 minutes" in section
+    assert "| chosen | static int8 | 40.50 | 41.00 | 4.00x | 3.00x | 40.00 |" in section
+    assert "| first within the budget | dynamic int8 | 40.10 | - | 1.50x | 1.20x | 90.00 |" in section
+    assert "+1.00 points" in section and "dynamic int8 at 1.50x at batch 1" in section

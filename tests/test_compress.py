@@ -343,3 +343,18 @@ def test_a_compress_that_builds_nothing_prints_no_empty_table(own_run, home):
     invoke("compress", "--run-dir", str(own_run), "--variant", "baseline")
     out = invoke("compress", "--run-dir", str(own_run), "--variant", "baseline").output
     assert "kept baseline" in out and "variants in" not in out
+
+
+def test_a_set_goes_on_without_a_recipe_this_stack_cannot_build(own_run, home, monkeypatch):
+    from vggtool.compress import compress, quant_pt2e
+    from vggtool.errors import Unavailable
+    from vggtool.runs import Run
+
+    monkeypatch.setattr(quant_pt2e, "unavailable", lambda: "torchao is not installed")
+    heard = {}
+    metas = compress(Run(own_run), ["pt2e-int8", "dynamic-int8"], home / "data", skip_unavailable=True,
+                     on_done=lambda name, meta: heard.update({name: meta}))
+    assert list(metas) == ["dynamic-int8"] and "torchao" in heard["pt2e-int8"]["unavailable"]
+    assert not (own_run / "variants" / "pt2e-int8").exists()
+    with pytest.raises(Unavailable):  # asked for by name, it is an error
+        compress(Run(own_run), ["pt2e-int8"], home / "data")

@@ -233,6 +233,9 @@ def test_a_real_search_reads_test_only_after_choosing(own_run, home):
     bench = json.loads((own_run / "results" / "results.json").read_text())
     assert chosen["candidate"]["name"] in {r["variant"] for r in bench["rows"]}
     assert "## Search" in (own_run / "results" / "REPORT.md").read_text()
+    invoke("report", "--run-dir", str(own_run), "--copy-to", str(own_run / "published"))
+    assert {p.name for p in (own_run / "published" / "search").iterdir()} == {
+        "search.jsonl", "search.json", "REPORT.md", "search_front.png"}
 
 
 def test_bad_input_is_one_line_and_leaves_nothing(own_run, home, monkeypatch):

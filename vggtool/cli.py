@@ -33,8 +33,7 @@ class Group(click.Group):
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
             raise click.UsageError(" ".join(e.format_message().split()) + hint) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing half-written was left; `--resume` continues a training run, a rerun "
-                       "continues a search", err=True)
+            click.echo("interrupted: nothing half-written was left; a rerun continues (train: --resume)", err=True)
             ctx.exit(130)
 
 
@@ -284,14 +283,14 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
     run = Run.open(run_dir)
     with console.status("building variants ...") as status:
         def done(name, meta):
-            if meta is None:
-                console.print(f"kept {name}: built before (--force rebuilds it)")
+            if meta is None or "unavailable" in meta:
+                console.print(f"skipped {name}: {meta['unavailable']}" if meta else f"kept {name}: built before")
                 return
             status.update(f"built {name}; building the rest ...")
             console.print(f"built {name}: {meta['figures']['size_mb']:.2f} MB")
 
         metas = compress(run, wanted, data_dir or default_data_dir(), checkpoint, force, trust_pickle, done,
-                         tuning_display(console, status))
+                         tuning_display(console, status), skip_unavailable=bool(set_names))
     _print_variants(run, metas)
 
 
@@ -343,9 +342,10 @@ def report_cmd(run_dir, results_dir, copy_to):
     from vggtool.report import console_table, load_results, render_all
     from vggtool.runs import Run
 
-    folder = results_dir or Run.open(run_dir).results_dir
+    run = Run.open(run_dir)
+    folder = results_dir or run.results_dir
     results = load_results(folder)
-    written = render_all(results, folder, copy_to)
+    written = render_all(results, folder, copy_to, run.path / "search")
     console.print(console_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written) + (f"; copied to {copy_to}" if copy_to else ""))
 

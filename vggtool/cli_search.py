@@ -32,6 +32,7 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
     from vggtool.cli import console
     from vggtool.console import SearchDisplay, table, tuning_display
     from vggtool.paths import default_data_dir
+    from vggtool.report.search import label
     from vggtool.runs import Run
     from vggtool.search import Request, SearchSpace, check_request, default_runtimes, search_run
     from vggtool.search.measure import request_space
@@ -51,10 +52,12 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    rows = [[what, r["key"], fmt(r["val_err"], ".4f"), fmt(r.get("test_err"), ".4f"), fmt(r.get("b1_speedup"), ".2f"),
+    rows = [[what, label(r["key"]), fmt(r["val_err"], ".4f"), fmt(r.get("test_err"), ".4f"), fmt(r.get("b1_speedup"), ".2f"),
              fmt(r.get("batch_speedup"), ".2f"), fmt(r["size_mb"], ".2f")]
             for what, r in (("chosen", chosen), ("first within", first)) if r]
     console.print(table(f"search: {summary['candidates']} candidates in {summary['seconds'] / 60:.1f} min",
                         ["", "variant", "val err", "test err", "b1 speed-up (x)", "b16 speed-up (x)", "MB"], rows))
     console.print(f"chosen: {chosen['key']}: {summary['why']}" if chosen else f"nothing chosen: {summary['why']}")
+    if first:
+        console.print(f"first within the budget: {first['key']}")
     console.print(f"wrote {run.path / 'search'}/search.jsonl, search.json, REPORT.md, search_front.png")

@@ -184,5 +184,6 @@ class SearchDisplay:
                  "batch_ms": "b16 {:.3f} ms", "size_mb": "{:.2f} MB"}
         figures = [text.format(record[k]) for k, text in names.items() if k in record]
         note = record.get("failed") or record.get("skipped") or "  ".join(figures)
-        self.console.print(f"[{_duration(spent)}/{_duration(budget)}] {record['stage']:<7} {record['key']}: {note}"
+        key = f"baseline and {len(record.get('rows', {})) - 1} confirmed" if record["stage"] == "bench" else record["key"]
+        self.console.print(f"[{_duration(spent)}/{_duration(budget)}] {record['stage']:<7} {key}: {note}"
                            + (f"  ({record['seconds']:.0f} s)" if record.get("seconds") else ""))

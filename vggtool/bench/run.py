@@ -212,6 +212,10 @@ def bench(variant_dirs: dict[str, Path], test: Split, settings: BenchSettings, o
         results["environment"]["openvino"] = version()
     if skipped:
         results["skipped"] = skipped
+    kept = {e.name: e.meta["figures"].get("float_layers", e.meta["figures"].get("float_nodes")) for e in live
+            if e.name == rt.variant_of(e.name)}  # int8 files: the layers NNCF's accuracy control or --exclude kept float
+    if any(kept.values()):  # shown where some variant kept any, beside those that kept none
+        results["float_layers"] = {k: v for k, v in kept.items() if v is not None}
     for scan in ("sensitivity", "layer_sensitivity", "finetune"):  # recorded at build time, shown beside the figures
         found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})
                  and e.name == rt.variant_of(e.name)}  # once per variant, not per runtime
@@ -233,10 +237,13 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, on
     if "search" in names and not (found and found["variants"]):
         raise VggtoolError(f"no search in {run.path} chose a variant" + ("" if found else ": run `vggtool search` first"))
     names = [n for name in names for n in (found["variants"] if name == "search" else [name])]
-    names = (selection(tuple(names), tuple(sets)) if sets else list(names)) or run.variant_names()
     missing = [n for n in names if not (run.variants_dir / n).is_dir()]
     if missing:
         raise VggtoolError(f"no variant {missing[0]!r} in {run.variants_dir}: build it with `vggtool compress`")
+    # a set's members not built here (a recipe this stack cannot build) are left out, and said so
+    unbuilt = [n for n in selection((), tuple(sets)) if not (run.variants_dir / n).is_dir()] if sets else []
+    names = [n for n in (selection(tuple(names), tuple(sets)) if sets else names) if n not in unbuilt]
+    names = names or run.variant_names()
     if not names:
         raise VggtoolError(f"no variants to measure in {run.variants_dir}: build them with `vggtool compress`")
     started = time.perf_counter()
@@ -248,6 +255,8 @@ def bench_run(run, data_dir: Path, names: list[str], settings: BenchSettings, on
                           "test_images": len(test)}
     if found:
         results["search"] = found["summary"]
+    if unbuilt:
+        results.setdefault("skipped", {}).update({n: "not built in this run" for n in unbuilt})
     return results
 
 

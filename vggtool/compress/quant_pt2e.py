@@ -39,7 +39,7 @@ from vggtool.compress.base import (
     skeleton,
 )
 from vggtool.data import batches
-from vggtool.errors import VggtoolError
+from vggtool.errors import Unavailable, VggtoolError
 from vggtool.models import ArchSpec, build_model
 
 
@@ -57,7 +57,7 @@ def unavailable() -> str | None:
 def _require() -> None:
     reason = unavailable()
     if reason:
-        raise VggtoolError(f"the PT2E path is unavailable here: {reason}")
+        raise Unavailable(f"the PT2E path is unavailable here: {reason}")
 
 
 @dataclass(frozen=True)

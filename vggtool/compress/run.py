@@ -12,7 +12,7 @@ from torch import nn
 from vggtool import train
 from vggtool.compress.artifact import META_FILE, build_variant, source_from_checkpoint, source_from_variant
 from vggtool.compress.base import Context, Recipe, steps
-from vggtool.errors import VggtoolError
+from vggtool.errors import Unavailable, VggtoolError
 from vggtool.files import remove_stale_temporaries
 from vggtool.runs import Run
 
@@ -65,8 +65,9 @@ def build(run: Run, recipe: Recipe, data_dir: Path, name: str | None = None, che
 
 def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path | None = None, force: bool = False,
              trust_pickle: bool = False, on_done: Callable[[str, dict], None] | None = None,
-             display: Display | None = None) -> dict[str, dict]:
-    """Build registered variants by name from the run's baseline (or a checkpoint).
+             display: Display | None = None, skip_unavailable: bool = False) -> dict[str, dict]:
+    """Build registered variants by name from the run's baseline (or a checkpoint); with `skip_unavailable` (a
+    named set) one this installation cannot build is skipped (`on_done` hears of it with {"unavailable": why}).
 
     A chained name "a+b" builds "a" first (or reuses it when it exists) and then
     "b" from it. Variants already complete are kept (a rerun after a kill builds
@@ -85,14 +86,25 @@ def compress(run: Run, names: list[str], data_dir: Path, checkpoint_path: Path |
     baseline = cache(lambda: source_from_checkpoint(run.baseline_file(checkpoint_path), trust_pickle))
     metas: dict[str, dict] = {}
     for name, recipes in plans.items():
-        parts = name.split("+")
-        for i, recipe in enumerate(recipes):
-            step = "+".join(parts[: i + 1])
-            last = i == len(recipes) - 1
-            if not last and (step in metas or (run.variants_dir / step / META_FILE).exists()):
-                continue  # a parent built before, or earlier in this call
-            source = baseline() if i == 0 else source_from_variant(run.variants_dir / "+".join(parts[:i]))
-            metas[step] = build_variant(recipe, source, ctx, run.variants_dir / step, force=force, name=step)
+        try:
+            _build_chain(run, name, recipes, baseline, ctx, force, metas, on_done)
+        except Unavailable as e:
+            if not skip_unavailable:
+                raise
             if on_done:
-                on_done(step, metas[step])
+                on_done(name, {"unavailable": str(e)})
     return metas
+
+
+def _build_chain(run: Run, name: str, recipes: list[Recipe], baseline, ctx: Context, force: bool, metas: dict,
+                 on_done) -> None:
+    parts = name.split("+")
+    for i, recipe in enumerate(recipes):
+        step = "+".join(parts[: i + 1])
+        last = i == len(recipes) - 1
+        if not last and (step in metas or (run.variants_dir / step / META_FILE).exists()):
+            continue  # a parent built before, or earlier in this call
+        source = baseline() if i == 0 else source_from_variant(run.variants_dir / "+".join(parts[:i]))
+        metas[step] = build_variant(recipe, source, ctx, run.variants_dir / step, force=force, name=step)
+        if on_done:
+            on_done(step, metas[step])

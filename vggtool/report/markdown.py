@@ -39,6 +39,7 @@ def render_markdown(results: dict) -> str:
         *sections.sensitivity(results["sensitivity"], labels),
         *sections.layer_sensitivity(results["layer_sensitivity"], labels),
         *sections.runtimes(ok, results["skipped"], env),
+        *sections.float_layers(results.get("float_layers"), labels),
     ]
     failed = [f"- {r['label']}: {r['status']}" for r in rows if r["status"] != "ok"]
     if failed:

@@ -13,8 +13,9 @@ from vggtool.report.results import RESULTS_CSV, RESULTS_JSON, load_results, save
 REPORT_MD = "REPORT.md"
 
 
-def render_all(results: dict, folder: Path, copy_to: Path | None = None) -> list[Path]:
-    """REPORT.md and plots from `results`; optionally copied to another folder too."""
+def render_all(results: dict, folder: Path, copy_to: Path | None = None, search_dir: Path | None = None) -> list[Path]:
+    """REPORT.md and plots from `results`; optionally copied to another folder too, with the files of the search
+    (`search_dir`) whose choice the results measured, into its search/."""
     folder = Path(folder)
     results = upgrade(results)
     remove_stale_temporaries(folder)  # what a killed bench or report left under temporary names
@@ -25,6 +26,12 @@ def render_all(results: dict, folder: Path, copy_to: Path | None = None) -> list
         for path in written + [folder / RESULTS_JSON, folder / RESULTS_CSV]:
             if path.exists():
                 shutil.copyfile(path, Path(copy_to) / path.name)
+        searched = Path(search_dir) if search_dir is not None and results.get("search") else None
+        if searched is not None and searched.is_dir():  # the search whose choice the bench measured: its files
+            (Path(copy_to) / "search").mkdir(exist_ok=True)
+            for name in ("search.jsonl", "search.json", "REPORT.md", "search_front.png"):
+                if (searched / name).exists():
+                    shutil.copyfile(searched / name, Path(copy_to) / "search" / name)
     return written
 
 

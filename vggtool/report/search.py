@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vggtool.compress import display_label
+from vggtool.compress import display_label, display_labels
 from vggtool.files import write_text
 from vggtool.report.plots import _figure, _save, pareto
 from vggtool.report.text import fmt, md_table
@@ -14,9 +14,14 @@ SEARCH_REPORT, SEARCH_PLOT = "REPORT.md", "search_front.png"
 PANELS = (("b1_ms", "ms / image at batch 1"), ("batch_ms", "ms / image at batch 16"), ("size_mb", "MB stored"))
 
 
-def label(key: str) -> str:
+def label(key: str, labels: dict[str, str] | None = None) -> str:
+    """A candidate's label: its variant's (from `labels`, unique among a search's, where given) and its runtime."""
     name, _, runtime = key.partition("@")
-    return display_label(name) + (f" on {runtime}" if runtime else "")
+    return (labels or {}).get(name, display_label(name)) + (f" on {runtime}" if runtime else "")
+
+
+def _labels(records: list[dict]) -> dict[str, str]:
+    return display_labels(r["key"].partition("@")[0] for r in records if r.get("stage") == "proxy")
 
 
 def _speed(row: dict | None, kind: str) -> str:
@@ -55,8 +60,9 @@ def section(summary: dict, records: list[dict] | None = None) -> list[str]:
                + (f" Stopping at the first candidate within the budget, as a fixed-order tuner does, would have given "
                   f"{label(first['key'])} at {_speed(first, 'b1')} at batch 1." if first else ""))
     front = summary.get("front", {})
+    labels = _labels(records or [])
     out.append("Front (validation error against each objective): "
-               + "; ".join(f"{name}: {', '.join(label(k) for k in front.get(name, []))}" for name in front) + ".")
+               + "; ".join(f"{name}: {', '.join(label(k, labels) for k in front.get(name, []))}" for name in front) + ".")
     if records:
         out.append(candidates_table(records))
     return out
@@ -69,11 +75,12 @@ def _pct(value):
 def candidates_table(records: list[dict]) -> str:
     """Every candidate measured: its subset error, its full-split error where confirmed, its short timing."""
     full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
-    rows = []
+    rows, labels = [], _labels(records)
     last = {r["key"]: r for r in records if r.get("stage") == "proxy"}  # a rerun may decide a skipped one again
     for r in last.values():
         status = r.get("failed") or r.get("skipped")
-        rows.append([label(r["key"]), fmt(_pct(r.get("val_err_proxy")), ".2f"), fmt(_pct(full.get(r["key"])), ".2f"),
+        rows.append([label(r["key"], labels), fmt(_pct(r.get("val_err_proxy")), ".2f"),
+                     fmt(_pct(full.get(r["key"])), ".2f"),
                      fmt(r.get("b1_ms"), ".3f"), fmt(r.get("batch_ms"), ".3f"), fmt(r.get("size_mb"), ".2f"),
                      f"{r.get('seconds', 0):.0f}", status or ""])
     return md_table(["candidate", "val err % (subset)", "val err % (full)", "b1 ms", "b16 ms", "MB", "s", "note"],

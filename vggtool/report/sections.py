@@ -152,3 +152,15 @@ def runtimes(ok: list[dict], skipped: dict[str, str], env: dict) -> list[str]:
     if skipped:
         parts.append("Not run: " + "; ".join(f"`{k}` ({why})" for k, why in skipped.items()) + ".")
     return parts
+
+
+def float_layers(kept: dict[str, list[str]] | None, labels: dict[str, str]) -> list[str]:
+    """The layers each int8 file left in float: NNCF's accuracy control (`--max-drop`), ONNX Runtime's `--exclude`."""
+    if not kept:
+        return []
+    rows = [[labels.get(name, name), ", ".join(f"`{n}`" for n in layers) if layers else "none: every Conv and Gemm int8"]
+            for name, layers in kept.items()]
+    return ["## Layers kept in float",
+            "Which weight layers each int8 variant left in float, as its meta.json records (NNCF int8 under "
+            "`--max-drop`: the ones its accuracy control reverted; ONNX Runtime int8: `--exclude`).",
+            md_table(["Variant", "Float layers"], rows, ["-", "-"])]

@@ -31,7 +31,8 @@ def search_run(run, data_dir: Path, request: Request, threads: int = 0, on_step=
     data = data or SearchData(run, data_dir)
     log = Log(folder / SEARCH_LOG)
     summary = Search(request, RunMeasure(run, data, request.space, threads, display), log, on_step=on_step).run()
-    summary.update(environment=environment(), test_reads=sum(r.get("stage") == "test" for r in log.records), run=run.path.name,
+    reads = sum(r.get("stage") == "test" and "test" in r for r in log.records)  # each test record: one read
+    summary.update(environment=environment(), test_reads=reads, run=run.path.name,
                    runtimes=list(request.space.runtimes))
     write_json(folder / SUMMARY, summary)
     render_search(summary, log.records, folder)

@@ -100,7 +100,7 @@ class Search:
         return self.log.before + self.clock() - self.started
 
     def step(self, stage: str, c: Candidate, work: Callable[[], dict], estimate: float = 0.0,
-             reserve: bool = True, force: bool = False, key: str | None = None) -> dict | None:
+             reserve: bool = True, force: bool = False, key: str | None = None, expected: float = 0.0) -> dict | None:
         """A step's record: from the log where a run of this request recorded it, else measured now (a candidate
         that fails to build or run is recorded as failed: the search goes on); "skipped" where its estimate no
         longer fits in the budget less what the choice needs (`reserve`), unless `force`d."""
@@ -122,7 +122,7 @@ class Search:
         except Exception as e:  # one candidate that cannot be built or run here (not a kill: that is no Exception)
             figures = {"failed": " ".join(str(e).split()) or type(e).__name__}
         record = {"stage": stage, "key": key, "candidate": c.to_dict(), **figures, "seconds": self.clock() - start,
-                  "spent": self.spent()}
+                  "spent": self.spent(), **({"expected": expected} if expected else {})}
         self.log.add(record)
         if _ok(record):
             self.measure.note(c, record)
@@ -198,8 +198,12 @@ class Search:
         parent = self.space.pruned_parent(amount, epochs)
         c = Candidate(parent, "torch")
         deployments = sum(self.measure.cost(d) for d in self.space.deployed(parent))
+        # the estimate of a fine-tune, scaled by how the ones before it turned out against theirs
+        tuned = [r for r in self.log.records if r.get("stage") == "parent" and _ok(r) and r.get("expected")]
+        factor = sum(r["seconds"] for r in tuned) / sum(r["expected"] for r in tuned) if tuned else 1.0
+        own = self.measure.cost(c)
         rec = self.step("parent", c, lambda: {**self.measure.figures(c), "val_err": self.measure.error(c, 0)},
-                        self.measure.cost(c) + deployments)
+                        own * factor + deployments, expected=own)
         if "skipped" in rec:
             return parent, None
         within = _ok(rec) and rec["val_err"] <= self.limit

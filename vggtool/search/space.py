@@ -70,7 +70,7 @@ BASELINE = Candidate((Baseline(),), "torch")
 class SearchSpace:
     """The chains a search may try, and how much each stage measures."""
 
-    amounts: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9)  # structured ratios, by bisection from the middle
+    amounts: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)  # structured ratios, by bisection from the middle
     finetune_epochs: int = 6  # distillation epochs of each pruned parent
     longer: int = 2  # then twice, then four times the epochs for the first ratio that missed, while budget lasts
     runtimes: tuple[str, ...] = RUNTIMES
