@@ -152,11 +152,11 @@ def test_the_front_on_hand_built_candidates():
 
     records = [proxy("a", 0.40, 10.0, 3.0, 80), proxy("b", 0.41, 5.0, 2.0, 20), proxy("c", 0.42, 6.0, 1.0, 20),
                proxy("d", 0.45, 1.0, 1.5, 10), proxy("e", 0.46, 2.0, 4.0, 30),
-               {"stage": "confirm", "key": "c", "val_err": 0.405}]  # c's full split beats b's subset
+               {"stage": "confirm", "key": "c", "val_err": 0.405}]  # another measurement: it does not enter
     front = fronts(records)
-    assert front["b1"] == ["d", "b", "c", "a"]  # e is beaten by d; c's full split puts it on the front
-    assert front["batch"] == ["c", "a"]  # c beats b and d
-    assert front["size"] == ["d", "c", "a"]
+    assert front["b1"] == ["d", "b", "a"]  # e is beaten by d, c by b
+    assert front["batch"] == ["c", "b", "a"]  # d and e are beaten by c
+    assert front["size"] == ["d", "b", "a"]  # c is as large as b and less accurate
 
 
 @pytest.mark.parametrize("seed", range(4))

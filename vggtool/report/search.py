@@ -61,7 +61,8 @@ def section(summary: dict, records: list[dict] | None = None) -> list[str]:
                   f"{label(first['key'])} at {_speed(first, 'b1')} at batch 1." if first else ""))
     front = summary.get("front", {})
     labels = _labels(records or [])
-    out.append("Front (validation error against each objective): "
+    out.append(f"Front (error on the first {summary.get('proxy_images', 'N')} validation images against the short "
+               "timing or the size, every candidate measured alike): "
                + "; ".join(f"{name}: {', '.join(label(k, labels) for k in front.get(name, []))}" for name in front) + ".")
     if records:
         out.append(candidates_table(records))
@@ -88,29 +89,34 @@ def candidates_table(records: list[dict]) -> str:
 
 
 def front_figure(records: list[dict], summary: dict):
-    """Validation error against ms at batch 1, at batch 16 and MB: every candidate (as `fronts` sees it: the bench's
-    timing and the full split's error where it has them), the front in red."""
+    """Validation error (subset) against ms at batch 1, at batch 16 and MB: every candidate measured alike, the
+    front in red, the confirmed ones ringed, the subset's budget dotted."""
     from vggtool.search.engine import points as search_points  # (vggtool.search imports the report's pareto)
 
+    confirmed = {r["key"] for r in records if r.get("stage") == "confirm" and "val_err" in r}
     fig, _ = _figure(3.6, 12.0)
     fig.clear()
     axes = fig.subplots(1, 3)
     chosen = (summary.get("chosen") or {}).get("key")
     for ax, (field, xlabel) in zip(axes, PANELS):
         points = search_points(records, field)
-        ax.scatter([p[0] for p in points], [p[1] for p in points], s=12)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=12, zorder=3)
+        ringed = [p for p in points if p[2] in confirmed]
+        ax.scatter([p[0] for p in ringed], [p[1] for p in ringed], s=60, facecolors="none", edgecolors="tab:green",
+                   zorder=4)
         front = pareto(points)
-        ax.plot([p[0] for p in front], [p[1] for p in front], "r--o", mfc="none", ms=8)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "r--", zorder=2)
         for x, y, k in points:
             if k == chosen:
-                ax.annotate("chosen", (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+                ax.annotate("chosen", (x, y), xytext=(5, 5), textcoords="offset points", fontsize=7, zorder=5)
         if points and max(p[0] for p in points) > 10 * min(p[0] for p in points):
             ax.set_xscale("log")
-        ax.axhline(summary["limit_val_err"], color="gray", lw=0.8, ls=":")
+        if summary.get("proxy_limit") is not None:
+            ax.axhline(summary["proxy_limit"], color="gray", lw=0.8, ls=":")
         ax.set_xlabel(xlabel)
-    axes[0].set_ylabel("validation top-1 error")
-    fig.suptitle("Search: every candidate (full-split error where confirmed), the front in red, the budget dotted",
-                 fontsize=9)
+    axes[0].set_ylabel(f"top-1 error, first {summary.get('proxy_images', '?')} validation images")
+    fig.suptitle("Search: every candidate (short timing), the front dashed red, confirmed on the whole split ringed "
+                 "green, the budget on the subset dotted", fontsize=9)
     fig.tight_layout()
     return fig
 

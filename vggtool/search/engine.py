@@ -292,7 +292,8 @@ class Search:
         summary = {"request": {"max_drop": self.request.max_drop, "objective": self.request.objective,
                                "budget_minutes": self.request.budget_minutes},
                    "baseline": {**self.log.done[("proxy", BASELINE.key)], "val_err": base_full["val_err"]},
-                   "limit_val_err": self.limit, "proxy_limit": self.proxy_limit, "candidates": len(self.order) - 1}
+                   "limit_val_err": self.limit, "proxy_limit": self.proxy_limit, "candidates": len(self.order) - 1,
+                   "proxy_images": self.space.proxy_images}
         rows = {}
         if len(timed) > 1:  # the one bench of the confirmed, always run (the reserve kept its time)
             bench = self.step("bench", BASELINE, lambda: {"rows": self.measure.bench(timed, self.space.confirm_seconds)},
@@ -352,19 +353,12 @@ class Search:
 
 
 def points(records: list[dict], field: str) -> list[tuple[float, float, str]]:
-    """(objective, validation error, key) of every candidate measured: the bench's timing and the full split's error
-    where a candidate has them, else its short timing and its subset's error."""
+    """(objective, validation error, key) of every candidate measured, all alike: the subset's error and the short
+    timing (the confirmed few have the whole split and a bench too; mixing the two would mix two measurements)."""
     proxies = {r["key"]: r for r in records if r.get("stage") == "proxy" and _ok(r)}
-    full = {r["key"]: r["val_err"] for r in records if r.get("stage") == "confirm" and _ok(r)}
-    bench = next((r["rows"] for r in reversed(records) if r.get("stage") == "bench" and r.get("rows")), {})
-    out = []
-    for k, r in proxies.items():
-        x = bench.get(k, {}).get(field, r.get(field)) if field != "size_mb" else r.get(field)
-        if x is not None:
-            out.append((x, full.get(k, r["val_err_proxy"]), k))
-    return out
+    return [(r[field], r["val_err_proxy"], k) for k, r in proxies.items() if r.get(field) is not None]
 
 
 def fronts(records: list[dict]) -> dict[str, list[str]]:
-    """The keys on the front of validation error against each objective."""
+    """The keys on the front of validation error (subset) against each objective (short timing, size)."""
     return {objective: [k for _, _, k in pareto(points(records, field))] for objective, field in OBJECTIVE_FIELDS.items()}
