@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vggtool.bench.env import environment
+from vggtool.errors import VggtoolError
 from vggtool.files import read_json, write_json
 from vggtool.search.engine import SEARCH_LOG, Log, Search
 from vggtool.search.measure import RunMeasure, SearchData
@@ -29,6 +30,8 @@ def search_run(run, data_dir: Path, request: Request, threads: int = 0, on_step=
         torch.set_num_threads(threads)
     folder = run.path / SEARCH_DIR
     data = data or SearchData(run, data_dir)
+    if len(data.val) == 0:
+        raise VggtoolError(f"{run.path} has no validation split (val_size 0): a search chooses on it, never on test")
     log = Log(folder / SEARCH_LOG)
     summary = Search(request, RunMeasure(run, data, request.space, threads, display), log, on_step=on_step).run()
     reads = sum(r.get("stage") == "test" and "test" in r for r in log.records)  # each test record: one read

@@ -197,7 +197,8 @@ class Search:
         (None where the budget cannot pay for it and its deployments); deployed where it does."""
         parent = self.space.pruned_parent(amount, epochs)
         c = Candidate(parent, "torch")
-        deployments = sum(self.measure.cost(d) for d in self.space.deployed(parent))
+        # (the parent itself in torch among them is priced by its proxies alone: its fine-tune is `own` below)
+        deployments = sum(self.measure.cost(d) for d in self.space.deployed(parent) if d.chain != parent)
         # the estimate of a fine-tune, scaled by how the ones before it turned out against theirs
         tuned = [r for r in self.log.records if r.get("stage") == "parent" and _ok(r) and r.get("expected")]
         factor = sum(r["seconds"] for r in tuned) / sum(r["expected"] for r in tuned) if tuned else 1.0
