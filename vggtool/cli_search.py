@@ -45,6 +45,9 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
     run = Run.open(run_dir)
     run.baseline_file()  # a run without a baseline: said before anything starts
     request = Request(drop, objective, budget, request_space(SearchSpace(runtimes=runtimes), quick))
+    log = run.path / "search" / "search.jsonl"
+    if log.exists():
+        console.print(f"resuming {log}: {sum(1 for _ in log.open())} lines; finished steps are not measured again")
     with SearchDisplay(console, 60 * budget) as shown:
         summary = search_run(run, data_dir or default_data_dir(), request, threads, shown.on_step,
                              tuning_display(console, shown.bar))
