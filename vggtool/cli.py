@@ -298,15 +298,14 @@ def compress_cmd(names, set_names, list_, force, checkpoint, trust_pickle, data_
 @data_dir_option
 @run_dir_option
 @click.option("--variant", "names", multiple=True, help="Measure these (repeatable; search: what search chose) [all].")
-@click.option("--set", "set_names", multiple=True, help="Measure every variant of a named set too (repeatable).")
+@click.option("--set", "set_names", multiple=True, help="And every variant of a named set (repeatable).")
 @click.option("--quick", is_flag=True, help="Minutes on 2 cores: the quick values shown.")
 @click.option("--cpus", default=None, help="Pin the process to these CPUs, e.g. 0-1.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results and REPORT.md go [<run>/results].")
 def bench_cmd(data_dir, run_dir, names, set_names, quick, cpus, results_dir, **options):
-    """Measure every variant: error, ms/image at the batch size and at 1,
-    speed-up over the baseline (95% interval), size. Variants are timed side by
-    side in interleaved rounds; docs/bench.md explains the protocol and defaults.
+    """Measure every variant, side by side: error, ms/image at the batch size and at 1,
+    speed-up over the baseline (95% interval), size (docs/bench.md).
 
     \b
       vggtool bench --quick                  # minutes
@@ -342,10 +341,10 @@ def report_cmd(run_dir, results_dir, copy_to):
     from vggtool.report import console_table, load_results, render_all
     from vggtool.runs import Run
 
-    run = Run.open(run_dir)
+    run = Run.open(run_dir) if run_dir is not None or results_dir is None else None  # --results-dir alone: no run
     folder = results_dir or run.results_dir
     results = load_results(folder)
-    written = render_all(results, folder, copy_to, run.path / "search")
+    written = render_all(results, folder, copy_to, run and run.path / "search")
     console.print(console_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written) + (f"; copied to {copy_to}" if copy_to else ""))
 

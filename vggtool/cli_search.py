@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from vggtool.options import data_dir_option, run_dir_option
-from vggtool.search.space import OBJECTIVES, RUNTIMES
+from vggtool.search.names import OBJECTIVES, RUNTIMES
 
 
 @click.command(name="search")

@@ -32,7 +32,7 @@ class BenchSettings:
     rounds: int = option(30, "The fewest interleaved rounds.")
     time_budget: float = option(600.0, "Seconds of timing, rounds added while it lasts (0: --rounds).")
     loads: int = option(3, "Parts, each loading every variant afresh.")
-    protocol: str = option("time", "time: whole batches for --min-time; report: each image once.", choices=PROTOCOLS)
+    protocol: str = option("time", "time: batches for --min-time; report: each image once.", choices=PROTOCOLS)
     min_time: float = option(0.2, "Seconds each timed block covers.")
     latency_images: int = option(0, "Test images timed (0 = all).")
     accuracy_images: int = option(0, "Test images scored, class-balanced (0 = all).")

@@ -18,10 +18,7 @@ from vggtool.compress.quant_onnx import OnnxInt8
 from vggtool.compress.quant_torch import StaticQuant
 from vggtool.compress.structured import StructuredPrune
 from vggtool.errors import VggtoolError
-
-RUNTIMES = ("torch", *rt.RUNTIMES)  # where a candidate runs: torch models in torch, ONNX files and IRs elsewhere
-OBJECTIVES = ("b1", "batch", "size")  # ms per image at batch 1, at the bench's batch, stored MB
-OBJECTIVE_FIELDS = {"b1": "b1_ms", "batch": "batch_ms", "size": "size_mb"}
+from vggtool.search.names import OBJECTIVE_FIELDS, OBJECTIVES, RUNTIMES  # noqa: F401 (offered from here too)
 
 
 @dataclass(frozen=True)
