@@ -129,12 +129,12 @@ class Search:
         self.on_step(record, self.spent(), self.budget)
         return record
 
-    def proxy(self, c: Candidate) -> dict | None:
+    def proxy(self, c: Candidate, force: bool = False) -> dict | None:
         images, seconds = self.space.proxy_images, self.space.proxy_seconds
         rec = self.step("proxy", c, lambda: {**self.measure.figures(c), "val_err_proxy": self.measure.error(c, images),
-                                             **self.measure.timing(c, seconds)}, self.measure.cost(c))
+                                             **self.measure.timing(c, seconds)}, self.measure.cost(c), force=force)
         if not _ok(rec):
-            return None
+            return rec if force else None
         if c not in self.order:
             self.order.append(c)
         return rec
@@ -163,14 +163,11 @@ class Search:
                                    f"candidate and their confirmation take about {one / 60:.1f} min here; give "
                                    f"--budget-minutes {math.ceil(one / 60)} or more")
         self.check_request()
-        base = self.step("proxy", BASELINE, lambda: {
-            **self.measure.figures(BASELINE), "val_err_proxy": self.measure.error(BASELINE, self.space.proxy_images),
-            **self.measure.timing(BASELINE, self.space.proxy_seconds)}, force=True)
+        base = self.proxy(BASELINE, force=True)
         base_full = self.step("confirm", BASELINE, lambda: {"val_err": self.measure.error(BASELINE, 0)}, force=True)
         for rec in (base, base_full):
             if not _ok(rec):
                 raise VggtoolError(f"the baseline could not be measured: {rec['failed']}")
-        self.order.append(BASELINE)
         # what confirming takes (the full split, for each candidate confirmed and the first within the budget)
         self.reserve = (self.space.confirm + 1) * base_full["seconds"] + self.space.confirm_seconds
         self.limit = base_full["val_err"] + self.request.drop  # full validation split
