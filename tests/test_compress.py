@@ -222,6 +222,7 @@ def test_recipes_compose_and_record_their_chain(built, trained_run, home):
     (["quantize", "--static", "--dynamic"], "exactly one"),
     (["quantize", "--static", "--dtype", "float16"], "float16"),
     (["quantize", "--static", "--engine", "nosuch"], "not available"),
+    (["quantize", "--static", "--engine-batch", "4"], "needs --engine auto"),
     (["quantize", "--dynamic", "--checkpoint", "/nonexistent.safetensors"], "does not exist"),
     (["quantize", "--static", "--fuse"], "already exist"),
     (["quantize", "--static", "--from-variant", "static-int8"], "not a float model"),

@@ -6,6 +6,7 @@ import json
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from vggtool import compress as c
 from vggtool import quant_ao
@@ -233,3 +234,74 @@ def test_fbgemm_and_x86_int8_variants_loaded_side_by_side_give_what_each_gives_a
         torch.backends.quantized.engine = engine
         for name, variant in loaded.items():
             assert torch.equal(torch.as_tensor(variant.predict(x)).float(), alone[name])
+
+
+def fake_engine_timings(monkeypatch, ms: dict[str, tuple[float, float]]):
+    """The bench's timing primitives answering `ms[engine]` = (batch 1, batch) ms per image, for the engine in use."""
+    from vggtool.bench import timing
+
+    def now():
+        return ms[torch.backends.quantized.engine]
+
+    monkeypatch.setattr(timing, "batch_timing", lambda *a, **k: timing.Timing((now()[1],), 1, now()[1] / 1000))
+    monkeypatch.setattr(timing, "batch1_times", lambda *a, **k: [now()[0]])
+
+
+def test_engine_auto_times_both_engines_and_keeps_the_faster_at_its_batch(own_run, home, x, monkeypatch):
+    """`--engine auto` records fbgemm's and x86's timings at batch 1 and at --engine-batch, with the CPU, in
+    meta.json, and the variant loads packed for the engine that was faster at that batch: the same int8
+    weights as fbgemm's from one calibration, only packed for another engine."""
+    from vggtool.cpu import cpu_info
+
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no x86 quantized engine")
+    invoke("quantize", "--static", "--fuse", "--engine", "auto", "--engine-batch", "4", "--run-dir", str(own_run))
+    choice = meta(own_run, "static-int8-fused-engineauto-enginebatch4")["figures"]["engine"]
+    ms = choice["ms_per_image"]
+    assert set(ms) == {"1", "4"} and all(set(per) == {"fbgemm", "x86"} for per in ms.values())
+    assert all(v > 0 for per in ms.values() for v in per.values())
+    assert choice["chosen"] == choice["by_batch"]["4"] and choice["for_batch"] == 4
+    assert choice["cpu_flags"] == cpu_info()["cpu_flags"] and choice["threads"] >= 1
+    # forced timings: x86 the faster at the batch, fbgemm at batch 1
+    fake_engine_timings(monkeypatch, {"fbgemm": (1.0, 2.0), "x86": (1.5, 1.0)})
+    invoke("quantize", "--static", "--fuse", "--engine", "auto", "--engine-batch", "8", "--run-dir", str(own_run))
+    choice = meta(own_run, "static-int8-fused-engineauto-enginebatch8")["figures"]["engine"]
+    assert choice["by_batch"] == {"1": "fbgemm", "8": "x86"} and choice["chosen"] == "x86"
+    auto = c.load_variant(own_run / "variants" / "static-int8-fused-engineauto-enginebatch8")
+    assert torch.backends.quantized.engine == "x86"  # packed for the chosen engine at load
+    invoke("quantize", "--static", "--fuse", "--run-dir", str(own_run))
+    fbgemm = c.load_variant(own_run / "variants" / "static-int8-fused")
+    assert int8_values(auto.model.state_dict()) == int8_values(fbgemm.model.state_dict())
+
+
+def int8_values(state: dict) -> dict:
+    """Each tensor of a quantized state_dict as plain lists: integers, scales and zero points spelled out."""
+    out = {}
+    for key, value in state.items():
+        for i, t in enumerate(value if isinstance(value, tuple) else (value,)):
+            if not isinstance(t, torch.Tensor):
+                out[f"{key}.{i}"] = repr(t)
+            elif t.is_quantized:
+                scales = t.q_per_channel_scales() if t.qscheme() == torch.per_channel_affine else torch.tensor(t.q_scale())
+                out[f"{key}.{i}"] = (t.int_repr().tolist(), scales.tolist())
+            else:
+                out[f"{key}.{i}"] = t.tolist()
+    return out
+
+
+def test_engine_auto_picks_per_batch_size_from_the_timings(monkeypatch):
+    """The choice follows the timings at each batch size; a near tie keeps fbgemm, the report's engine."""
+    from vggtool.compress import engine_choice
+    from vggtool.data import Split
+
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no x86 quantized engine")
+    monkeypatch.setattr(engine_choice.quant_ao, "repacked", lambda state, skeleton, e: nn.Identity())
+    images = Split(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
+    fake_engine_timings(monkeypatch, {"fbgemm": (1.0, 2.0), "x86": (1.5, 1.0)})
+    choice = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
+    assert choice["by_batch"] == {"1": "fbgemm", "4": "x86"} and choice["chosen"] == "x86"
+    fake_engine_timings(monkeypatch, {"fbgemm": (2.0, 1.0), "x86": (1.0, 0.99)})  # x86 1% faster at the batch
+    choice = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
+    assert choice["by_batch"] == {"1": "x86", "4": "fbgemm"} and choice["chosen"] == "fbgemm"
+    assert set(engine_choice.choose({}, lambda e: nn.Identity(), images, 1)["ms_per_image"]) == {"1"}

@@ -64,9 +64,13 @@ def _decode_quantized(entry: dict, tensors: dict) -> torch.Tensor:
 checkpoint.register_codec(checkpoint.TensorCodec("q", _encode_quantized, _decode_quantized))
 
 
+def available_engines() -> list[str]:
+    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+
+
 def use_engine(engine: str) -> None:
     """Select the quantized kernel library; refuse one this build or CPU lacks."""
-    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    supported = available_engines()
     if engine not in supported:
         raise VggtoolError(f"quantized engine {engine!r} is not available here: choose one of {', '.join(supported)}")
     torch.backends.quantized.engine = engine
@@ -148,6 +152,16 @@ def static(
         with torch.inference_mode(), _quiet():
             calibrate(prepared)
     return convert(prepared)
+
+
+def repacked(state: dict, skeleton: Callable[[str], nn.Module], engine: str) -> nn.Module:
+    """A quantized state_dict loaded into `skeleton(engine)`: its weights packed for `engine` (torch packs
+    them for the engine in use at load)."""
+    use_engine(engine)
+    model = skeleton(engine)
+    with _quiet():
+        model.load_state_dict(state)
+    return model.eval()
 
 
 def quantized_modules(model: nn.Module) -> list[str]:

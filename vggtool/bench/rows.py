@@ -60,7 +60,8 @@ def base_row(e: Entry, label: str) -> dict:
                    sparsity_all=f.get("sparsity_conv_linear"), macs=macs(e.variant.spec),
                    arch_params=param_count(e.variant.spec), state_dict_mb=f.get("state_dict_mb"),
                    dense_zlib_mb=f["dense_zlib_bytes"] / 1e6 if "dense_zlib_bytes" in f else None,
-                   engine=meta.get("recipe", {}).get("params", {}).get("engine"))  # torch int8: what it was packed for
+                   # torch int8: the engine its weights were packed for (--engine auto: the one it measured faster)
+                   engine=f.get("engine", {}).get("chosen") or meta.get("recipe", {}).get("params", {}).get("engine"))
     return row
 
 

@@ -20,7 +20,19 @@ import torch
 from torch import nn
 
 from vggtool import checkpoint, export, runtimes
-from vggtool.compress.base import Built, Context, Output, Recipe, Source, apply, finalize, recipe_from_dict, restore, skeleton
+from vggtool.compress.base import (
+    Built,
+    Context,
+    Output,
+    Recipe,
+    Source,
+    apply,
+    finalize,
+    for_loading,
+    recipe_from_dict,
+    restore,
+    skeleton,
+)
 from vggtool.errors import VggtoolError
 from vggtool.evaluate import Predict, torch_predict
 from vggtool.files import atomic_dir, read_json, write_json
@@ -219,7 +231,7 @@ def load_variant(folder: Path, threads: int = 0, runtime: str | None = None) -> 
         return Variant(name, meta, recipe, spec, export.ort_predict(export.ort_session(path, threads)),
                        runtime=runtime, settings={"runtime": runtime, "threads": threads})
     state = restore(recipe, folder, meta)
-    model = skeleton(recipe, spec)
+    model = skeleton(for_loading(recipe, meta), spec)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:

@@ -377,6 +377,13 @@ def restore(recipe: Recipe, folder: Path, meta: dict) -> dict:
 
 
 @singledispatch
+def for_loading(recipe: Recipe, meta: dict) -> Recipe:
+    """The recipe whose skeleton a saved variant loads into: itself, unless a choice made at build time
+    and recorded in meta.json (as `--engine auto`'s engine) settles it."""
+    return recipe
+
+
+@singledispatch
 def skeleton(recipe: Recipe, spec: ArchSpec) -> nn.Module:
     """The module structure a saved state_dict of this recipe loads into:
     the plain VGG for float outputs; quantized recipes register their own."""

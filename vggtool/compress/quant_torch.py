@@ -6,9 +6,10 @@ what each recipe is and how its result is built and rebuilt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vggtool import quant_ao
+from vggtool.compress import engine_choice
 from vggtool.compress.base import (
     Built,
     FineTuning,
@@ -18,6 +19,7 @@ from vggtool.compress.base import (
     apply,
     calib_seed_field,
     calib_size_field,
+    for_loading,
     offer,
     option,
     per_channel_field,
@@ -29,6 +31,7 @@ from vggtool.errors import VggtoolError
 from vggtool.models import build_model
 
 DTYPES = ("int8", "float16")
+AUTO = "auto"  # StaticQuant's measured engine (see vggtool.compress.engine_choice)
 
 
 def _notes(engine: str, *more: str) -> str:
@@ -38,7 +41,8 @@ def _notes(engine: str, *more: str) -> str:
 
 
 def engine_field():
-    return option("fbgemm", "torch.ao quantized engine: fbgemm or x86, qnnpack on ARM.")
+    return option("fbgemm", "torch.ao quantized engine: fbgemm or x86, qnnpack on ARM, or (--static) auto: "
+                  "the faster here at --engine-batch.")
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,14 @@ class StaticQuant(Recipe):
     per_channel: bool = per_channel_field()
     calib_size: int = calib_size_field()
     calib_seed: int = calib_seed_field()
+    engine_batch: int = option(16, "With --engine auto: the batch size whose faster engine is kept (both are "
+                               "timed at 1 and at it, into meta.json).")
 
     def __post_init__(self):
+        if self.engine_batch < 1:
+            raise VggtoolError(f"--engine-batch must be at least 1, got {self.engine_batch}")
+        if self.engine_batch != 16 and self.engine != AUTO:
+            raise VggtoolError("--engine-batch needs --engine auto (it says at which batch the engines are compared)")
         if self.calib_size <= 0:
             raise VggtoolError(f"calibration size must be positive, got {self.calib_size}")
         if self.fuse_relu and not self.fuse:
@@ -182,9 +192,35 @@ def _(recipe: StaticQuant, source, ctx, workdir):
         for x, _ in batches(calib, ctx.batch_size):
             m(x)
 
-    built = _built(quant_ao.static(source.model, calibrate=calibrate, **recipe.scheme), source)
+    if recipe.engine != AUTO:
+        built = _built(quant_ao.static(source.model, calibrate=calibrate, **recipe.scheme), source)
+    else:  # fbgemm and x86 share a qconfig: calibrate once, then pack for the engine measured faster
+        state = quant_ao.static(source.model, calibrate=calibrate, **{**recipe.scheme, "engine": "fbgemm"}).state_dict()
+
+        def packed_for(engine: str):
+            return skeleton(_packed(recipe, engine), source.spec)
+
+        choice = engine_choice.choose(state, packed_for, calib, recipe.engine_batch)
+        built = _built(quant_ao.repacked(state, packed_for, choice["chosen"]), source)
+        built.figures["engine"] = choice
     built.figures.update(calibration_images=len(calib), calibration_split="val")
     return built
+
+
+@for_loading.register
+def _(recipe: StaticQuant, meta: dict):
+    if recipe.engine != AUTO:
+        return recipe
+    chosen = meta.get("figures", {}).get("engine", {}).get("chosen")
+    if chosen not in quant_ao.ENGINES:
+        raise VggtoolError(f"variant {meta.get('name')} was built with --engine auto but its meta.json "
+                           "names no chosen engine: rebuild it")
+    return _packed(recipe, chosen)
+
+
+def _packed(recipe: StaticQuant, engine: str) -> StaticQuant:
+    """The recipe as if it had named `engine` (an auto recipe's weights, packed for one engine)."""
+    return replace(recipe, engine=engine, engine_batch=16)
 
 
 def _built(model, source) -> Built:
