@@ -300,6 +300,19 @@ def test_the_report_names_the_layers_each_int8_file_kept_in_float():
     assert "## Layers kept in float" not in report.render_markdown(fixture())
 
 
+def test_the_report_shows_what_engine_auto_measured_and_kept():
+    results = fixture()
+    results["engine"] = {"static-int8": {
+        "chosen": "x86", "for_batch": 16, "by_batch": {"1": "fbgemm", "16": "x86"}, "margin": 0.03, "rounds": 3,
+        "ms_per_image": {"1": {"fbgemm": 1.5, "x86": 2.0}, "16": {"fbgemm": 0.8, "x86": 0.7}},
+        "cpu_model": "a CPU", "cpu_flags": "avx512_vnni", "threads": 2}}
+    section = report.render_markdown(results).split("## Engine measured per batch size")[1].split("\n## ")[0]
+    assert "| static int8 | 1 | 1.500 | 2.000 | fbgemm |  |" in section
+    assert "| static int8 | 16 | 0.800 | 0.700 | x86 | **x86** |" in section
+    assert "a CPU (flags `avx512_vnni`), 2 threads" in section
+    assert "## Engine measured" not in report.render_markdown(fixture())
+
+
 def test_the_report_carries_the_search_that_chose_a_variant():
     results = fixture()
     results["search"] = {

@@ -216,7 +216,7 @@ def bench(variant_dirs: dict[str, Path], test: Split, settings: BenchSettings, o
             if e.name == rt.variant_of(e.name)}  # int8 files: the layers NNCF's accuracy control or --exclude kept float
     if any(kept.values()):  # shown where some variant kept any, beside those that kept none
         results["float_layers"] = {k: v for k, v in kept.items() if v is not None}
-    for scan in ("sensitivity", "layer_sensitivity", "finetune"):  # recorded at build time, shown beside the figures
+    for scan in ("sensitivity", "layer_sensitivity", "finetune", "engine"):  # recorded at build time, shown beside the figures
         found = {e.name: e.meta["figures"][scan] for e in live if scan in e.meta.get("figures", {})
                  and e.name == rt.variant_of(e.name)}  # once per variant, not per runtime
         if found:

@@ -40,6 +40,7 @@ def render_markdown(results: dict) -> str:
         *sections.layer_sensitivity(results["layer_sensitivity"], labels),
         *sections.runtimes(ok, results["skipped"], env),
         *sections.float_layers(results.get("float_layers"), labels),
+        *sections.engines(results.get("engine"), labels),
     ]
     failed = [f"- {r['label']}: {r['status']}" for r in rows if r["status"] != "ok"]
     if failed:

@@ -164,3 +164,23 @@ def float_layers(kept: dict[str, list[str]] | None, labels: dict[str, str]) -> l
             "Which weight layers each int8 variant left in float, as its meta.json records (NNCF int8 under "
             "`--max-drop`: the ones its accuracy control reverted; ONNX Runtime int8: `--exclude`).",
             md_table(["Variant", "Float layers"], rows, ["-", "-"])]
+
+
+def engines(chosen: dict[str, dict] | None, labels: dict[str, str]) -> list[str]:
+    """`--engine auto`: each torch.ao engine's time per image at batch 1 and at the variant's batch, and which
+    packing it kept, as measured at build time (short rounds, on the CPU named)."""
+    if not chosen:
+        return []
+    engines = sorted({e for c in chosen.values() for per in c["ms_per_image"].values() for e in per})
+    rows = [[labels.get(name, name), f"{b}", *[fmt(per.get(e), ".3f") for e in engines], c["by_batch"][b],
+             "**" + c["chosen"] + "**" if b == str(c["for_batch"]) else ""]
+            for name, c in chosen.items() for b, per in c["ms_per_image"].items()]
+    cpus = sorted({f"{c.get('cpu_model')} (flags `{c.get('cpu_flags')}`), {c.get('threads')} threads"
+                   for c in chosen.values()})
+    return ["## Engine measured per batch size",
+            "`--engine auto` timed the same int8 weights packed for each torch.ao engine when it built the variant, "
+            f"in {next(iter(chosen.values()))['rounds']} interleaved short rounds on {'; '.join(cpus)}, and kept "
+            "the faster at its batch (the first engine unless another is faster by more than "
+            f"{next(iter(chosen.values()))['margin']:.0%}). Its rows above are that packing.",
+            md_table(["Variant", "Batch", *[f"{e} ms/image" for e in engines], "Faster", "Kept"], rows,
+                     ["-", ":-:"] + [":-:"] * len(engines) + [":-:", ":-:"])]
