@@ -35,7 +35,7 @@ def search(max_drop, objective, runtimes, budget_minutes, quick, threads, data_d
     from vggtool.report.search import label
     from vggtool.runs import Run
     from vggtool.search import Request, SearchSpace, check_request, default_runtimes, search_run
-    from vggtool.search.measure import request_space
+    from vggtool.search.space import request_space
 
     runtimes = tuple(runtimes) or default_runtimes()
     drop = check_request(objective, runtimes, max_drop)

@@ -9,7 +9,6 @@ import io
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -206,11 +205,3 @@ class RunMeasure:
 def _elsewhere(c: Candidate) -> str | None:
     """The runtime to load `c` in: None where it is the variant's own."""
     return None if c.runtime == rt.OWN.get(c.output, "torch") else c.runtime
-
-
-def request_space(space: SearchSpace, quick: bool) -> SearchSpace:
-    """The quick profile's space: 5 epochs per pruned parent (those of `--set beyond`), shorter timings, and a
-    ratio of 0.3 too (the small VGG11 of the quick profile loses more to pruning than a full VGG19)."""
-    if not quick:
-        return space
-    return replace(space, amounts=(0.3, *space.amounts), finetune_epochs=5, confirm_seconds=30.0, proxy_seconds=1.0)
