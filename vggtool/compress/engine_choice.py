@@ -24,7 +24,8 @@ from vggtool.errors import VggtoolError
 CANDIDATES = ("fbgemm", "x86")  # the first is kept unless another is faster by more than MARGIN
 MARGIN = 0.03  # a near tie (x86 packs for fbgemm on CPUs without VNNI) keeps fbgemm, the report's engine
 ROUNDS = 3
-SECONDS = 0.25  # per engine, batch size and round
+SECONDS = 0.25  # per engine, batch size and round: the median call of each (oneDNN's first calls build its kernels)
+WARMUP = 10  # untimed calls at most before each, fewer once the time settles
 IMAGES = 64
 
 
@@ -47,8 +48,8 @@ def choose(state: dict, skeleton: Callable[[str], nn.Module], images: Split, bat
             quant_ao.use_engine(e)
             predict = torch_predict(model)
             if batch > 1:
-                ms[str(batch)][e].append(batch_timing(predict, timed, 3, SECONDS).ms_per_image)
-            ms["1"][e].append(statistics.median(batch1_times(predict, singles, 3, 5, SECONDS)))
+                ms[str(batch)][e].append(statistics.median(batch_timing(predict, timed, WARMUP, SECONDS).call_ms_per_image))
+            ms["1"][e].append(statistics.median(batch1_times(predict, singles, WARMUP, 5, SECONDS)))
     medians = {b: {e: statistics.median(v) for e, v in per.items()} for b, per in ms.items()}
     by_batch = {b: _faster(per) for b, per in medians.items()}
     return {"chosen": by_batch[str(batch)], "for_batch": batch, "by_batch": by_batch, "ms_per_image": medians,
