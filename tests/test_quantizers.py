@@ -299,9 +299,9 @@ def test_engine_auto_picks_per_batch_size_from_the_timings(monkeypatch):
     monkeypatch.setattr(engine_choice.quant_ao, "repacked", lambda state, skeleton, e: nn.Identity())
     images = Split(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
     fake_engine_timings(monkeypatch, {"fbgemm": (1.0, 2.0), "x86": (1.5, 1.0)})
-    choice = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
+    choice, _ = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
     assert choice["by_batch"] == {"1": "fbgemm", "4": "x86"} and choice["chosen"] == "x86"
     fake_engine_timings(monkeypatch, {"fbgemm": (2.0, 1.0), "x86": (1.0, 0.99)})  # x86 1% faster at the batch
-    choice = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
+    choice, _ = engine_choice.choose({}, lambda e: nn.Identity(), images, 4)
     assert choice["by_batch"] == {"1": "x86", "4": "fbgemm"} and choice["chosen"] == "fbgemm"
-    assert set(engine_choice.choose({}, lambda e: nn.Identity(), images, 1)["ms_per_image"]) == {"1"}
+    assert set(engine_choice.choose({}, lambda e: nn.Identity(), images, 1)[0]["ms_per_image"]) == {"1"}

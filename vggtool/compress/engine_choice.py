@@ -29,9 +29,10 @@ WARMUP = 10  # untimed calls at most before each, fewer once the time settles
 IMAGES = 64
 
 
-def choose(state: dict, skeleton: Callable[[str], nn.Module], images: Split, batch: int) -> dict:
-    """Time `state` packed for each engine this build has, at batch 1 and at `batch`; the figures and the
-    engine that is faster at `batch` (`chosen`), with the faster one at each batch size (`by_batch`)."""
+def choose(state: dict, skeleton: Callable[[str], nn.Module], images: Split, batch: int) -> tuple[dict, nn.Module]:
+    """Time `state` packed for each engine this build has, at batch 1 and at `batch`. Returns the figures, with
+    the engine faster at `batch` (`chosen`) and the faster one at each batch size (`by_batch`), and the model
+    packed for the chosen engine, that engine in use."""
     from vggtool.bench.timing import batch1_times, batch_timing, timing_inputs
     from vggtool.evaluate import torch_predict
 
@@ -52,8 +53,10 @@ def choose(state: dict, skeleton: Callable[[str], nn.Module], images: Split, bat
             ms["1"][e].append(statistics.median(batch1_times(predict, singles, WARMUP, 5, SECONDS)))
     medians = {b: {e: statistics.median(v) for e, v in per.items()} for b, per in ms.items()}
     by_batch = {b: _faster(per) for b, per in medians.items()}
-    return {"chosen": by_batch[str(batch)], "for_batch": batch, "by_batch": by_batch, "ms_per_image": medians,
-            "margin": MARGIN, "rounds": ROUNDS, "threads": torch.get_num_threads(), **cpu_info()}
+    chosen = by_batch[str(batch)]
+    quant_ao.use_engine(chosen)
+    return {"chosen": chosen, "for_batch": batch, "by_batch": by_batch, "ms_per_image": medians, "margin": MARGIN,
+            "rounds": ROUNDS, "threads": torch.get_num_threads(), **cpu_info()}, models[chosen]
 
 
 def _faster(ms: dict[str, float]) -> str:

@@ -32,6 +32,7 @@ from vggtool.models import build_model
 
 DTYPES = ("int8", "float16")
 AUTO = "auto"  # StaticQuant's measured engine (see vggtool.compress.engine_choice)
+ENGINE_BATCH = 16  # the batch whose faster engine --engine auto keeps, unless --engine-batch says another
 
 
 def _notes(engine: str, *more: str) -> str:
@@ -91,13 +92,13 @@ class StaticQuant(Recipe):
     per_channel: bool = per_channel_field()
     calib_size: int = calib_size_field()
     calib_seed: int = calib_seed_field()
-    engine_batch: int = option(16, "With --engine auto: the batch size whose faster engine is kept (both are "
+    engine_batch: int = option(ENGINE_BATCH, "With --engine auto: the batch size whose faster engine is kept (both are "
                                "timed at 1 and at it, into meta.json).")
 
     def __post_init__(self):
         if self.engine_batch < 1:
             raise VggtoolError(f"--engine-batch must be at least 1, got {self.engine_batch}")
-        if self.engine_batch != 16 and self.engine != AUTO:
+        if self.engine_batch != ENGINE_BATCH and self.engine != AUTO:
             raise VggtoolError("--engine-batch needs --engine auto (it says at which batch the engines are compared)")
         if self.calib_size <= 0:
             raise VggtoolError(f"calibration size must be positive, got {self.calib_size}")
@@ -200,8 +201,8 @@ def _(recipe: StaticQuant, source, ctx, workdir):
         def packed_for(engine: str):
             return skeleton(_packed(recipe, engine), source.spec)
 
-        choice = engine_choice.choose(state, packed_for, calib, recipe.engine_batch)
-        built = _built(quant_ao.repacked(state, packed_for, choice["chosen"]), source)
+        choice, model = engine_choice.choose(state, packed_for, calib, recipe.engine_batch)
+        built = _built(model, source)
         built.figures["engine"] = choice
     built.figures.update(calibration_images=len(calib), calibration_split="val")
     return built
@@ -220,7 +221,7 @@ def _(recipe: StaticQuant, meta: dict):
 
 def _packed(recipe: StaticQuant, engine: str) -> StaticQuant:
     """The recipe as if it had named `engine` (an auto recipe's weights, packed for one engine)."""
-    return replace(recipe, engine=engine, engine_batch=16)
+    return replace(recipe, engine=engine, engine_batch=ENGINE_BATCH)
 
 
 def _built(model, source) -> Built:
