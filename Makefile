@@ -18,11 +18,13 @@ MAX_DROP     ?= 1.0
 SEARCH_ARGS  ?=
 REAL_MODEL   ?= ../shared/models/vgg19_bn-cifar100/vgg19_bn-cifar100-20ep-bf16cpu.fp16.safetensors
 REAL_RUN     ?= runs/vgg19-real
+REAL_RESULTS ?= results/vgg19-shared-model
+CPU_RUN      ?= runs/cpu
 IMAGE        ?= vggtool
 CPU_IMAGE    ?= vggtool:cpu
 DOCKER_RUN   ?= docker run --rm -v "$(CURDIR)":/workspace
 
-.PHONY: help install data train evaluate compress bench report all real-study search test lint \
+.PHONY: help install data train evaluate compress bench report all real-study cpu-study search test lint \
         docker-build docker-cpu-build docker-all docker-bench
 
 help: ## Show this list of targets
@@ -69,11 +71,19 @@ all: ## The whole study: data, train, compress, bench, report
 	$(MAKE) bench
 	$(MAKE) report
 
-real-study: $(INSTALLED) ## The study on a trained VGG19-BN (REAL_MODEL): the report's eight and --set full-size, one bench, results/vgg19-cifar100
+real-study: $(INSTALLED) ## The study on a trained VGG19-BN (REAL_MODEL, the shared one): the report's eight and --set full-size, one bench, REAL_RESULTS
 	test -f $(REAL_RUN)/best.safetensors || $(VGGTOOL) import $(REAL_MODEL) --run-dir $(REAL_RUN)
 	$(VGGTOOL) compress --run-dir $(REAL_RUN) --set report --set full-size
-	$(VGGTOOL) bench --run-dir $(REAL_RUN) --cpus $(CPUS) --threads $(THREADS) --quick --accuracy-images 0 $(BENCH_ARGS)
-	$(VGGTOOL) report --run-dir $(REAL_RUN) --copy-to results/vgg19-cifar100
+	$(VGGTOOL) bench --run-dir $(REAL_RUN) --cpus $(CPUS) --threads $(THREADS) --quick --accuracy-images 0 \
+		--runtime onnxruntime --runtime openvino $(BENCH_ARGS)
+	$(VGGTOOL) report --run-dir $(REAL_RUN) --copy-to $(REAL_RESULTS)
+
+cpu-study: $(INSTALLED) ## The study on our own VGG19-BN: train --profile cpu into CPU_RUN (bf16 where the CPU has it), then real-study on it into results/vgg19-cifar100
+	$(MAKE) train PROFILE=cpu RUN=$(CPU_RUN)
+	$(MAKE) real-study REAL_RUN=$(CPU_RUN) REAL_RESULTS=results/vgg19-cifar100
+	mkdir -p results/vgg19-cifar100/train && cp $(CPU_RUN)/config.json $(CPU_RUN)/metrics.jsonl results/vgg19-cifar100/train/
+	for split in test val; do $(VGGTOOL) evaluate --run-dir $(CPU_RUN) --split $$split --json > $(CPU_RUN)/evaluate-$$split.json \
+		&& cp $(CPU_RUN)/evaluate-$$split.json results/vgg19-cifar100/train/ || exit 1; done
 
 search: $(INSTALLED) ## The fastest chain within MAX_DROP points of $(RUN)'s baseline (SEARCH_ARGS=--quick: 20 min), then one bench of it beside --set beyond
 	$(VGGTOOL) search --run-dir $(RUN) --max-drop $(MAX_DROP) --threads $(THREADS) $(SEARCH_ARGS)

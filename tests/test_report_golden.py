@@ -1,5 +1,5 @@
-"""Golden text on a committed result (the full-size study): the summary, the labels and the console table in a
-log; upgrade() of old results.json to the current schema; the committed renderings match the renderer."""
+"""Golden text on a committed result (the full-size study on the shared model): the summary, the labels and the
+console table in a log; upgrade() of old results.json to the current schema; the committed renderings match the renderer."""
 
 import io
 import json
@@ -13,7 +13,7 @@ from vggtool import report
 from vggtool.compress import REGISTRY, display_label, display_labels
 
 ROOT = Path(__file__).parent.parent
-STUDY = ROOT / "results" / "vgg19-cifar100"
+STUDY = ROOT / "results" / "vgg19-shared-model"
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -86,7 +86,7 @@ def test_the_console_table_of_the_full_size_study_in_a_log_at_100_columns(study)
     console = Console(file=io.StringIO(), width=100, force_terminal=False, color_system=None)
     console.print(report.console_table(study))
     out = console.file.getvalue()
-    assert out == (GOLDEN / "vgg19-cifar100-console.txt").read_text()
+    assert out == (GOLDEN / "vgg19-shared-model-console.txt").read_text()
     assert max(map(len, out.splitlines())) <= 100 and "…" not in out
 
 
