@@ -243,20 +243,23 @@ def test_compare_states_how_far_each_speedup_moved_between_two_benches(tmp_path,
     assert not out_md.exists() and json.loads((first / "results.json").read_text()) == results
 
 
-def test_the_report_states_each_fine_tuning_its_epochs_precision_and_minutes():
+def test_the_report_states_each_fine_tuning_its_epochs_lr_precision_and_minutes():
     results = fixture()
     results["finetune"] = {
-        "prune-global-0.6": {"history": [{"epoch": 0, "precision": "bf16", "seconds": 150.0, "val_top1_err": 0.41},
+        "prune-global-0.6": {"lr": 0.01,
+                             "history": [{"epoch": 0, "precision": "bf16", "seconds": 150.0, "val_top1_err": 0.41},
                                          {"epoch": 1, "precision": "bf16", "seconds": 90.0, "val_top1_err": 0.40}]},
-        "static-int8": [{"history": [{"epoch": 0, "precision": "fp32", "seconds": 30.0, "val_top1_err": 0.4}]},
-                        {"history": [{"epoch": 0, "precision": "fp32", "seconds": 60.0, "val_top1_err": 0.45}]}],
+        "static-int8": [{"lr": 0.001, "history": [{"epoch": 0, "precision": "fp32", "seconds": 30.0,
+                                                   "val_top1_err": 0.4}]},
+                        {"lr": 0.0001, "history": [{"epoch": 0, "precision": "fp32", "seconds": 60.0,
+                                                    "val_top1_err": 0.45}]}],
         "dynamic-int8": {"history": [{"epoch": 0, "val_top1_err": 0.5}]},  # written before precision and seconds
     }
     md = report.render_markdown(results)
     section = md.split("## Fine-tuning")[1].split("\n## ")[0]
-    assert "| global L1 0.6 | 2 | bf16 | 4.0 | 0.400 | 0.370 |" in section
-    assert "| static int8 | 2 | fp32 | 1.5 | 0.450 | 0.336 |" in section  # the last round's best was kept
-    assert "| dynamic int8 | 1 | ? | - | 0.500 | 0.333 |" in section
+    assert "| global L1 0.6 | 2 | 0.01 | bf16 | 4.0 | 0.400 | 0.370 |" in section
+    assert "| static int8 | 2 | 0.001, 0.0001 | fp32 | 1.5 | 0.450 | 0.336 |" in section  # the last round's best kept
+    assert "| dynamic int8 | 1 | - | ? | - | 0.500 | 0.333 |" in section
     assert "## Fine-tuning" not in report.render_markdown(fixture())
 
 

@@ -115,7 +115,7 @@ def test_qat_and_onnx_int8_are_benched_and_reported(quantized, home, tmp_path):
     # each row names the engine its torch int8 weights were packed for; other runtimes have none
     assert [rows[n]["engine"] for n in ("baseline", "onnx-int8", "qat-int8-kd-finetuneepochs2")] == [None, None, "fbgemm"]
     # the fine-tuning section states QAT's epochs in float32, whatever the CPU offers
-    assert "| QAT int8, distilled | 2 | fp32 |" in (tmp_path / "REPORT.md").read_text()  # its fine-tuning, by label
+    assert "| QAT int8, distilled | 2 | 0.001 | fp32 |" in (tmp_path / "REPORT.md").read_text()  # its fine-tuning, by label
     report = (tmp_path / "REPORT.md").read_text()
     assert "ONNX Runtime Static (minmax)" in report and "Quantization-Aware Training (KD)" in report
     assert "## int8 sensitivity per layer: int8 (ONNX Runtime)" in report

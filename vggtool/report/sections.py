@@ -73,8 +73,8 @@ def between_parts(parts: dict | None, labels: dict[str, str]) -> list[str]:
 
 
 def finetuning(tunings: dict[str, list[dict]], ok: list[dict], labels: dict[str, str]) -> list[str]:
-    """What each variant's own fine-tuning cost: epochs, precision, training minutes (a stacked variant
-    inherits its parent's and is not listed again)."""
+    """What each variant's own fine-tuning cost: epochs, peak learning rate, precision, training minutes (a
+    stacked variant inherits its parent's and is not listed again)."""
     if not tunings:
         return []
     errors = {r["variant"]: r["top1_err"] for r in ok}
@@ -83,16 +83,17 @@ def finetuning(tunings: dict[str, list[dict]], ok: list[dict], labels: dict[str,
         history = [e for run in runs for e in run["history"]]
         seconds = [e["seconds"] for e in history]
         kept = [e["val_top1_err"] for e in runs[-1]["history"] if e["val_top1_err"] is not None]  # the last round's
-        rows.append([labels.get(variant, f"`{variant}`"), str(len(history)),
+        rates = [f"{run['lr']:g}" for run in runs if run.get("lr") is not None]  # written before the rate: -
+        rows.append([labels.get(variant, f"`{variant}`"), str(len(history)), ", ".join(dict.fromkeys(rates)) or "-",
                      ", ".join(sorted({e["precision"] or "?" for e in history})),
                      "-" if None in seconds else f"{sum(seconds) / 60:.1f}", fmt(min(kept, default=None), ".3f"),
                      fmt(errors.get(variant), ".3f")])
     return ["## Fine-tuning",
             "Each variant's own fine-tuning on the training split (the best epoch on validation kept): its epochs, "
-            "the precision of its training steps and the minutes they took on the machine that built it (network "
-            "slimming's epochs, if any, are not counted).",
-            md_table(["Variant", "Epochs", "Precision", "Training minutes", "Best val top-1 err", "Test top-1 err"],
-                     rows, ["-"] + [":-:"] * 5)]
+            "peak learning rate, the precision of its training steps and the minutes they took on the machine that "
+            "built it (network slimming's epochs, if any, are not counted).",
+            md_table(["Variant", "Epochs", "Peak lr", "Precision", "Training minutes", "Best val top-1 err",
+                      "Test top-1 err"], rows, ["-"] + [":-:"] * 6)]
 
 
 def sensitivity(scans: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
