@@ -331,3 +331,14 @@ def test_the_report_carries_the_search_that_chose_a_variant():
     assert "| chosen | static int8 | 40.50 | 41.00 | 4.00x | 3.00x | 40.00 |" in section
     assert "| first within the budget | dynamic int8 | 40.10 | - | 1.50x | 1.20x | 90.00 |" in section
     assert "+1.00 points" in section and "dynamic int8 at 1.50x at batch 1" in section
+
+
+def test_the_rows_not_run_are_grouped_by_reason_and_runtimes_each_variant_named_once():
+    from vggtool.report.sections import not_run
+
+    skipped = {"a@openvino": "a torch model runs in torch only", "a@openvino-bf16": "a torch model runs in torch only",
+               "b@openvino": "a torch model runs in torch only", "b@openvino-bf16": "a torch model runs in torch only",
+               "c": "not built in this run", "d@openvino": "a torch model runs in torch only"}
+    assert not_run(skipped) == ("Not run in openvino, openvino-bf16 (a torch model runs in torch only): `a`, `b`. "
+                                "Not run (not built in this run): `c`. "
+                                "Not run in openvino (a torch model runs in torch only): `d`.")

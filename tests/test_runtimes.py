@@ -90,7 +90,7 @@ def test_bench_measures_each_onnx_variant_in_each_runtime(ov, onnx_run, tmp_path
     assert results["settings"]["runtime"] == ["onnxruntime", "openvino"]
     text = (tmp_path / "REPORT.md").read_text()
     assert "| Variant | Type | Runtime | Top1err |" in text and "## Runtimes" in text
-    assert "`baseline@openvino` (a torch model runs in torch only)" in text
+    assert f"Not run in openvino{', openvino-bf16' if bf16 else ''} (a torch model runs in torch only): `baseline`." in text
     assert "ONNX fp32 on OpenVINO" in out and "not run" in out
 
 

@@ -151,8 +151,22 @@ def runtimes(ok: list[dict], skipped: dict[str, str], env: dict) -> list[str]:
                               [[r["label"], r["runtime"], r["compute_precision"] or "-", r["runtime_settings"],
                                 fmt(r["top1_err"], ".3f")] for r in shown], ["-", "-", "-", "-", ":-:"]))
     if skipped:
-        parts.append("Not run: " + "; ".join(f"`{k}` ({why})" for k, why in skipped.items()) + ".")
+        parts.append(not_run(skipped))
     return parts
+
+
+def not_run(skipped: dict[str, str]) -> str:
+    """The rows a bench skipped, one sentence per reason and set of runtimes, each variant named once:
+    "Not run in openvino, openvino-bf16 (a torch model runs in torch only): `a`, `b`." """
+    missed: dict[tuple[str, str], list[str]] = {}  # (reason, variant): the runtimes it was not run in
+    for key, why in skipped.items():
+        variant, _, runtime = key.rpartition("@") if "@" in key else (key, "", "")
+        missed.setdefault((why, variant), []).append(runtime)
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (why, variant), where in missed.items():
+        groups.setdefault((why, tuple(r for r in where if r)), []).append(variant)
+    return " ".join(f"Not run{' in ' + ', '.join(where) if where else ''} ({why}): "
+                    + ", ".join(f"`{v}`" for v in variants) + "." for (why, where), variants in groups.items())
 
 
 def float_layers(kept: dict[str, list[str]] | None, labels: dict[str, str]) -> list[str]:
