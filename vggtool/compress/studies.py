@@ -8,9 +8,9 @@ set adds int8 on the x86 (oneDNN) engine and on the engine measured faster here
 of half and of 70% of the parameters distilled from the unpruned parent and
 stacked with each int8 path, QAT, and the Deep Compression pipeline. Its
 fine-tuning epochs are sized for that budget (bf16 where the CPU has it): 2 for
-half the parameters removed, 8 and 16 for 70%, 1 of QAT (float32; at peak lr 1e-3, and
-at 1e-4 alone and distilled), 2 before weight sharing (shared at 8/5, 7/4 and 6/4 bits), where the `beyond` and `deep-compression` sets fine-tune 5
-(3 for QAT).
+half the parameters removed, 8 and 16 for 70%, 1 of QAT (float32; at peak lr 1e-3,
+and at 1e-4 alone and distilled), 2 before weight sharing (shared at 8/5, 7/4 and
+6/4 bits), where the `beyond` and `deep-compression` sets fine-tune 5 (3 for QAT).
 """
 
 from __future__ import annotations
