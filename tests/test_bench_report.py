@@ -287,6 +287,18 @@ def test_the_summary_names_the_fastest_and_smallest_within_one_point_of_the_base
         "- **Smallest** within 1 point: tiny (top-1 error 0.410, +1.0 points; 1.10x at batch 1, 1.00x at batch 16; "
         "3.20 MB, 50.0x smaller).",
     ]
+    # one variant fastest at both batch sizes: one line that says so
+    both = [rows[0], row("fast", 0.405, 12.0, 9.0, 40.0), rows[4]]
+    assert summary(both, {})[2].splitlines()[1:] == [
+        "- **Fastest at batch 1 and at batch 16** within 1 point: fast (top-1 error 0.405, +0.5 points; 12.00x at "
+        "batch 1, 9.00x at batch 16; 40.00 MB, 4.0x smaller).",
+        "- **Smallest** within 1 point: tiny (top-1 error 0.410, +1.0 points; 1.10x at batch 1, 1.00x at batch 16; "
+        "3.20 MB, 50.0x smaller)."]
+    small_and_fast = [rows[0], row("fast-b1", 0.405, 12.0, 5.0, 3.0), rows[3]]
+    assert [line.split(" within")[0] for line in summary(small_and_fast, {})[2].splitlines()[1:]] == [
+        "- **Fastest at batch 1 and smallest**", "- **Fastest at batch 16**"]
+    assert summary([rows[0], rows[4]], {})[2].splitlines()[1].startswith(  # the only one within the budget
+        "- **Fastest at batch 1, at batch 16 and smallest** within 1 point: tiny")
     assert summary([rows[0], rows[1]], {})[2].splitlines()[1:] == [
         f"- **{t}**: no variant within 1 point of the baseline's error."
         for t in ("Fastest at batch 1", "Fastest at batch 16", "Smallest")]

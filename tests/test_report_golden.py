@@ -24,10 +24,8 @@ Speed-ups are over the baseline in the same bench, on AMD EPYC (CPU flags `avx2 
 avx512_bf16`); errors on 10000 test images.
 
 - **Baseline**: top-1 / top-5 error 0.426 / 0.148, 13.27 ms per image at batch 1, 2.53 at batch 16, 157.39 MB.
-- **Fastest at batch 1** within 1 point: structured 0.7 + int8 (ONNX Runtime), distilled (top-1 error 0.420, -0.5 \
-points; 40.72x [39.11-41.56] at batch 1, 10.57x [10.17-10.83] at batch 16; 11.88 MB, 13.2x smaller).
-- **Fastest at batch 16** within 1 point: structured 0.7 + int8 (ONNX Runtime), distilled (top-1 error 0.420, -0.5 \
-points; 40.72x [39.11-41.56] at batch 1, 10.57x [10.17-10.83] at batch 16; 11.88 MB, 13.2x smaller).
+- **Fastest at batch 1 and at batch 16** within 1 point: structured 0.7 + int8 (ONNX Runtime), distilled (top-1 \
+error 0.420, -0.5 points; 40.72x [39.11-41.56] at batch 1, 10.57x [10.17-10.83] at batch 16; 11.88 MB, 13.2x smaller).
 - **Smallest** within 1 point: global L1 0.9 + weight sharing c6/l4, fine-tuned (top-1 error 0.422, -0.4 points; \
 1.00x [0.99-1.01] at batch 1, 0.98x [0.97-1.00] at batch 16; 2.73 MB, 57.6x smaller).
 
