@@ -160,7 +160,7 @@ def not_run(skipped: dict[str, str]) -> str:
     "Not run in openvino, openvino-bf16 (a torch model runs in torch only): `a`, `b`." """
     missed: dict[tuple[str, str], list[str]] = {}  # (reason, variant): the runtimes it was not run in
     for key, why in skipped.items():
-        variant, _, runtime = key.rpartition("@") if "@" in key else (key, "", "")
+        variant, _, runtime = key.partition("@")  # "name@runtime", or a name alone: runtime ""
         missed.setdefault((why, variant), []).append(runtime)
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for (why, variant), where in missed.items():
